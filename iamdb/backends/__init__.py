@@ -1,0 +1,1 @@
+"""Django database backends: ``iamdb.backends.mysql`` and ``iamdb.backends.postgresql``."""

@@ -1,0 +1,1 @@
+"""MySQL / MariaDB (mysqlclient) with credentials from an iamdb source."""

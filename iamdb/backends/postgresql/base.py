@@ -1,0 +1,87 @@
+"""PostgreSQL backend: Django's, with credentials resolved at connect time,
+including for every connection that Django's pool (Django 5.1+) opens."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.db.backends.postgresql import base
+
+from .._shared import Binding, CredentialsWrapperMixin
+from .client import DatabaseClient
+
+# What PostgreSQL says when it refuses a password (RDS IAM gives the PAM one).
+_REFUSED_LOGIN = ("password authentication failed for user", "PAM authentication failed for user")
+
+
+def login_refused(exc: BaseException) -> bool:
+    """Whether a connect() error is a refused login. Connection errors carry no
+    SQLSTATE, so the server's message is matched."""
+    if not isinstance(exc, base.Database.OperationalError):
+        return False
+    message = str(exc)
+    return any(text in message for text in _REFUSED_LOGIN)
+
+
+class _PoolConnectionMixin:
+    """Marks a pool connection class made by :func:`pool_connection_class`."""
+
+    _iamdb_retire_at: float | None = None
+
+
+def pool_connection_class(base_class: type[Any], binding: Binding) -> type[Any]:
+    """A subclass of the pool's connection class whose ``connect()`` uses the current
+    credential and retries a refused login with a fresh one, inside the pool's
+    own connect path (auth errors never reach the backend when a pool is used)."""
+
+    class IamdbPoolConnection(_PoolConnectionMixin, base_class):  # type: ignore[misc, valid-type]
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            params = dict(kwargs)
+            binding.apply(params)
+            parent = super()
+            connection, password = binding.connect(
+                params, lambda p: parent.connect(conninfo, **p), login_refused
+            )
+            connection._iamdb_retire_at = binding.retire_at(password)
+            return connection
+
+    return IamdbPoolConnection
+
+
+class DatabaseWrapper(CredentialsWrapperMixin, base.DatabaseWrapper):
+    client_class = DatabaseClient
+
+    def iamdb_login_refused(self, exc: BaseException) -> bool:
+        return login_refused(exc)
+
+    @property
+    def pool(self) -> Any:
+        pool = super().pool
+        if pool is not None and not issubclass(pool.connection_class, _PoolConnectionMixin):
+            binding = self.iamdb
+            if binding.source is not None:
+                # Django built the pool with the parameters of one moment; from now
+                # on every connection the pool opens asks for the current credential.
+                # The pool is not open yet: Django opens it after this property.
+                pool.connection_class = pool_connection_class(pool.connection_class, binding)
+                if isinstance(pool.kwargs, dict):
+                    pool.kwargs = {k: v for k, v in pool.kwargs.items() if k != "password"}
+        return pool
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        pool = self.pool
+        if not pool:
+            return super().get_new_connection(conn_params)
+        # The pool connects (and retries a refused login) by itself. Here, a pooled
+        # connection whose credential's sessions are about to end is discarded.
+        for _ in range(pool.max_size + 1):
+            connection = base.DatabaseWrapper.get_new_connection(self, conn_params)
+            retire_at = getattr(connection, "_iamdb_retire_at", None)
+            if retire_at is None or retire_at > time.monotonic():
+                break
+            connection.close()
+            pool.putconn(connection)
+        self.iamdb_retire(retire_at)
+        return connection

@@ -1,0 +1,28 @@
+"""Credential sources. The SDK-backed ones are imported on first use."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .callable import CallableSource
+
+if TYPE_CHECKING:
+    from .rds import RdsIamToken
+    from .secretsmanager import SecretsManagerSecret
+    from .vault import VaultDatabaseCredentials
+
+_LAZY = {
+    "RdsIamToken": ".rds",
+    "SecretsManagerSecret": ".secretsmanager",
+    "VaultDatabaseCredentials": ".vault",
+}
+
+__all__ = ["CallableSource", "RdsIamToken", "SecretsManagerSecret", "VaultDatabaseCredentials"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -1,0 +1,1 @@
+"""Real services for the tests: private servers, OpenBao, moto, the RDS-IAM emulator."""
