@@ -62,6 +62,14 @@ class RefreshPolicy:
     ``failure_backoff`` is the first delay after a failed fetch; it doubles on
     each further failure up to ``max_failure_backoff``, and is never more than
     a twentieth of the credential's lifetime.
+
+    ``refetch_spacing`` spaces the fetches that refused logins cause: a
+    credential invalidated this soon after it was fetched is fetched again
+    only when that time has passed, and the spacing doubles (up to
+    ``max_refetch_spacing``) while the source keeps returning the refused
+    password (a rotation whose new secret is not published yet). However many
+    connections are refused meanwhile, the source sees a few fetches per
+    rotation, not one per connection.
     """
 
     advisory: float = 0.25
@@ -69,6 +77,8 @@ class RefreshPolicy:
     safety_margin: float = 2.0
     failure_backoff: float = 0.5
     max_failure_backoff: float = 30.0
+    refetch_spacing: float = 0.1
+    max_refetch_spacing: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.mandatory <= self.advisory < 1:
@@ -86,6 +96,12 @@ class _State:
     failures: int = 0
     retry_at: float = float("-inf")
     error: IamdbError | None = None
+    fetched_at: float = float("-inf")
+    # After invalidate(): the refused credential, how many refusals in a row
+    # found the same password, and when the next fetch may start.
+    refused: Credential | None = None
+    streak: int = 0
+    not_before: float = float("-inf")
 
 
 class _Slot:
@@ -99,8 +115,16 @@ class _Slot:
 class CredentialCache:
     """Caches the credentials of one source, one slot per cache key."""
 
-    def __init__(self, *, clock: Clock, policy: RefreshPolicy, name: str = "source") -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        policy: RefreshPolicy,
+        name: str = "source",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._policy = policy
         self._name = name
         self._slots: dict[Hashable, _Slot] = {}
@@ -138,7 +162,16 @@ class CredentialCache:
             if password is not None and state.credential.password != password:
                 return  # already replaced by another thread's refresh
             logger.info("iamdb: %s: cached credential invalidated", self._name)
-            slot.state = _State(failures=state.failures, retry_at=state.retry_at, error=state.error)
+            spacing = min(self._policy.refetch_spacing * 2**state.streak, self._policy.max_refetch_spacing)
+            slot.state = _State(
+                failures=state.failures,
+                retry_at=state.retry_at,
+                error=state.error,
+                fetched_at=state.fetched_at,
+                refused=state.credential,
+                streak=state.streak + 1,
+                not_before=state.fetched_at + spacing,
+            )
 
     def _refresh(self, slot: _Slot, fetch: Callable[[], Credential]) -> Credential:
         now = self._clock()
@@ -165,6 +198,8 @@ class CredentialCache:
                     return state.credential
                 if state.error is not None:
                     raise _again(state.error)
+            if state.credential is None and now < state.not_before:
+                self._sleep(min(state.not_before - now, self._policy.max_refetch_spacing))
             return self._fetch_into(slot, fetch, tolerate=usable)
 
     def _fetch_into(self, slot: _Slot, fetch: Callable[[], Credential], *, tolerate: bool) -> Credential:
@@ -180,6 +215,9 @@ class CredentialCache:
             error.__cause__ = exc
         else:
             new = self._state_for(credential)
+            refused = old.refused
+            if refused is not None and refused.password == credential.password:
+                new = dataclasses.replace(new, streak=old.streak)  # still the refused one
             with self._slots_lock:
                 slot.state = new
             return credential
@@ -224,6 +262,7 @@ class CredentialCache:
             advisory_at=advisory_at,
             mandatory_at=mandatory_at,
             usable_until=usable_until,
+            fetched_at=now,
         )
 
 

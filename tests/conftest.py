@@ -102,9 +102,7 @@ def db_user(vendor: str, request: pytest.FixtureRequest) -> Iterator[DbUser]:
     user = DbUser(vendor, name, password, server)
     yield user
     if vendor == "postgresql":
-        server.sql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
-        )
+        server.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'")
         server.sql(f"DROP OWNED BY {name}")
         server.sql(f"DROP ROLE IF EXISTS {name}")
     else:

@@ -14,7 +14,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from django.db.backends.base.client import BaseDatabaseClient
@@ -252,8 +252,8 @@ class CredentialsWrapperMixin:
         binding = self.iamdb
         connection, password = binding.connect(
             conn_params,
-            super().get_new_connection,
-            self.iamdb_login_refused,  # type: ignore[misc]
+            super().get_new_connection,  # type: ignore[misc]
+            self.iamdb_login_refused,
         )
         self.iamdb_retire(binding.retire_at(password))
         return connection
@@ -270,7 +270,7 @@ class CredentialsClientMixin(BaseDatabaseClient):
 
     connection: Any
 
-    def runshell(self, parameters: list[str]) -> None:
+    def runshell(self, parameters: Iterable[str]) -> None:
         settings_dict = self.connection.iamdb.resolved_settings()
         args, env = self.settings_to_cmd_args_env(settings_dict, parameters)
         env = {**os.environ, **env} if env else None

@@ -12,7 +12,10 @@ from iamdb import Credential, CredentialError
 from iamdb.sources import CallableSource
 from tests.conftest import DbUser, make_wrapper, new_password
 
-CURRENT_USER = {"postgresql": "SELECT current_user", "mysql": "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)"}
+CURRENT_USER = {
+    "postgresql": "SELECT current_user",
+    "mysql": "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)",
+}
 
 
 def whoami(wrapper) -> str:
@@ -85,7 +88,9 @@ def test_refused_login_is_retried_until_the_new_password_is_published(db_user: D
 
 
 def test_refused_login_gives_up_after_the_budget(db_user: DbUser) -> None:
-    wrapper = make_wrapper(db_user.settings(lambda: "not-the-password", OPTIONS={"iamdb": {"retry_budget": 0.3}}))
+    wrapper = make_wrapper(
+        db_user.settings(lambda: "not-the-password", OPTIONS={"iamdb": {"retry_budget": 0.3}})
+    )
     with pytest.raises(OperationalError) as info:
         wrapper.ensure_connection()
     assert "not-the-password" not in str(info.value)

@@ -110,8 +110,15 @@ class PrivatePostgres:
     def stop(self) -> None:
         if self.datadir.exists():
             subprocess.run(
-                [*_as_server_user(), str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
-                 "stop"],
+                [
+                    *_as_server_user(),
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
                 capture_output=True,
                 check=False,
             )
@@ -131,8 +138,25 @@ class PrivatePostgres:
     def sql(self, statement: str, *, dbname: str = "postgres") -> str:
         """Run SQL as the superuser over the private socket; return psql's output."""
         result = subprocess.run(
-            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(self.sockdir), "-p",
-             str(self.port), "-U", "postgres", "-d", dbname, "-c", statement],
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.sockdir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                dbname,
+                "-c",
+                statement,
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import Any
 
 from django.db.backends.mysql import creation
 
@@ -12,8 +13,9 @@ class DatabaseCreation(creation.DatabaseCreation):
     def _clone_db(self, source_database_name: str, target_database_name: str) -> None:
         # Django's version calls its own DatabaseClient with the raw settings
         # (a source object for PASSWORD); this one resolves them first.
-        settings_dict = self.connection.iamdb.resolved_settings()
-        cmd_args, cmd_env = self.connection.client.settings_to_cmd_args_env(settings_dict, [])
+        wrapper: Any = self.connection
+        settings_dict = wrapper.iamdb.resolved_settings()
+        cmd_args, cmd_env = wrapper.client.settings_to_cmd_args_env(settings_dict, [])
         dump_cmd = ["mysqldump", *cmd_args[1:-1], "--routines", "--events", source_database_name]
         load_cmd = [*cmd_args[:-1], target_database_name]
         env = {**os.environ, **cmd_env} if cmd_env else None

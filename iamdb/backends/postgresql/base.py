@@ -11,6 +11,8 @@ from django.db.backends.postgresql import base
 from .._shared import Binding, CredentialsWrapperMixin
 from .client import DatabaseClient
 
+Database: Any = base.Database  # type: ignore[attr-defined]  # psycopg or psycopg2
+
 # What PostgreSQL says when it refuses a password (RDS IAM gives the PAM one).
 _REFUSED_LOGIN = ("password authentication failed for user", "PAM authentication failed for user")
 
@@ -18,7 +20,7 @@ _REFUSED_LOGIN = ("password authentication failed for user", "PAM authentication
 def login_refused(exc: BaseException) -> bool:
     """Whether a connect() error is a refused login. Connection errors carry no
     SQLSTATE, so the server's message is matched."""
-    if not isinstance(exc, base.Database.OperationalError):
+    if not isinstance(exc, Database.OperationalError):
         return False
     message = str(exc)
     return any(text in message for text in _REFUSED_LOGIN)
@@ -35,12 +37,12 @@ def pool_connection_class(base_class: type[Any], binding: Binding) -> type[Any]:
     credential and retries a refused login with a fresh one, inside the pool's
     own connect path (auth errors never reach the backend when a pool is used)."""
 
-    class IamdbPoolConnection(_PoolConnectionMixin, base_class):  # type: ignore[misc, valid-type]
+    class IamdbPoolConnection(_PoolConnectionMixin, base_class):  # type: ignore[misc]
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             params = dict(kwargs)
             binding.apply(params)
-            parent = super()
+            parent: Any = super()
             connection, password = binding.connect(
                 params, lambda p: parent.connect(conninfo, **p), login_refused
             )
