@@ -191,7 +191,7 @@ def bench_connect(server: Server, pairs: int) -> tuple[float, float, float]:
         else:
             iamdb_ns.append(one(cached))
             stock_ns.append(one(stock))
-    diffs = [b - a for a, b in zip(stock_ns, iamdb_ns)]
+    diffs = [b - a for a, b in zip(stock_ns, iamdb_ns, strict=True)]
     return median_us(stock_ns), median_us(iamdb_ns), statistics.median(diffs) / 1000
 
 
@@ -253,15 +253,31 @@ def run_engine(server: Server, label: str, quick: bool) -> list[Check]:
     params = bench_params(server, rounds=5 if quick else 20, calls=1000)
     print("  get_connection_params(), median per call:")
     print(f"    stock Django, static password      {params['stock']:8.2f} us")
-    print(f"    iamdb, CallableSource(ttl=3600)     {params['iamdb']:8.2f} us"
-          f"   (+{params['iamdb'] - params['stock']:.2f} us)")
-    print(f"    warm credential lookup alone        {params['lookup']:8.2f} us"
-          f"   target <= {WARM_LOOKUP_TARGET_US:g} us")
-    checks.append(Check(f"{server.vendor}: warm credential lookup", f"{params['lookup']:.2f} us",
-                        f"<= {WARM_LOOKUP_TARGET_US:g} us", params["lookup"] <= WARM_LOOKUP_TARGET_US))
+    print(
+        f"    iamdb, CallableSource(ttl=3600)     {params['iamdb']:8.2f} us"
+        f"   (+{params['iamdb'] - params['stock']:.2f} us)"
+    )
+    print(
+        f"    warm credential lookup alone        {params['lookup']:8.2f} us"
+        f"   target <= {WARM_LOOKUP_TARGET_US:g} us"
+    )
+    checks.append(
+        Check(
+            f"{server.vendor}: warm credential lookup",
+            f"{params['lookup']:.2f} us",
+            f"<= {WARM_LOOKUP_TARGET_US:g} us",
+            params["lookup"] <= WARM_LOOKUP_TARGET_US,
+        )
+    )
     added = params["iamdb"] - params["stock"]
-    checks.append(Check(f"{server.vendor}: get_connection_params() added by iamdb", f"{added:+.2f} us",
-                        f"<= {WARM_LOOKUP_TARGET_US:g} us", added <= WARM_LOOKUP_TARGET_US))
+    checks.append(
+        Check(
+            f"{server.vendor}: get_connection_params() added by iamdb",
+            f"{added:+.2f} us",
+            f"<= {WARM_LOOKUP_TARGET_US:g} us",
+            added <= WARM_LOOKUP_TARGET_US,
+        )
+    )
 
     pairs = 150 if quick else (1500 if server.vendor == "mysql" else 600)
     stock_us, iamdb_us, diff_us = bench_connect(server, pairs)
@@ -270,23 +286,40 @@ def run_engine(server: Server, label: str, quick: bool) -> list[Check]:
     ratio = 1 + diff_us / stock_us
     print(f"  new connection (connect + close), {pairs} interleaved pairs, median:")
     print(f"    stock Django, static password      {stock_us / 1000:8.3f} ms")
-    print(f"    iamdb, CallableSource(ttl=3600)     {iamdb_us / 1000:8.3f} ms   (ratio of medians "
-          f"{iamdb_us / stock_us:.3f})")
+    print(
+        f"    iamdb, CallableSource(ttl=3600)     {iamdb_us / 1000:8.3f} ms   (ratio of medians "
+        f"{iamdb_us / stock_us:.3f})"
+    )
     print(f"    paired difference, median           {diff_us:+8.1f} us")
     print(f"    ratio iamdb / stock (paired)        {ratio:8.3f}      target <= {CONNECT_RATIO_TARGET:.2f}")
-    checks.append(Check(f"{server.vendor}: new-connection time ratio", f"{ratio:.3f}",
-                        f"<= {CONNECT_RATIO_TARGET:.2f}", ratio <= CONNECT_RATIO_TARGET))
+    checks.append(
+        Check(
+            f"{server.vendor}: new-connection time ratio",
+            f"{ratio:.3f}",
+            f"<= {CONNECT_RATIO_TARGET:.2f}",
+            ratio <= CONNECT_RATIO_TARGET,
+        )
+    )
 
     fetches, worked, elapsed = bench_first_connections(server, ttl=3600)
     print(f"  {THREADS} concurrent first connections, fetch takes {SLOW_FETCH_S * 1000:.0f} ms:")
-    print(f"    CallableSource(ttl=3600)            {fetches:5d} fetch(es)   target {CONCURRENT_FETCHES_TARGET}"
-          f"   ({worked}/{THREADS} connected, all open after {elapsed * 1000:.0f} ms)")
-    checks.append(Check(f"{server.vendor}: fetches for {THREADS} concurrent first connections",
-                        f"{fetches} ({worked}/{THREADS} connected)", f"{CONCURRENT_FETCHES_TARGET}",
-                        fetches <= CONCURRENT_FETCHES_TARGET and worked == THREADS))
+    print(
+        f"    CallableSource(ttl=3600)            {fetches:5d} fetch(es)   target {CONCURRENT_FETCHES_TARGET}"
+        f"   ({worked}/{THREADS} connected, all open after {elapsed * 1000:.0f} ms)"
+    )
+    checks.append(
+        Check(
+            f"{server.vendor}: fetches for {THREADS} concurrent first connections",
+            f"{fetches} ({worked}/{THREADS} connected)",
+            f"{CONCURRENT_FETCHES_TARGET}",
+            fetches <= CONCURRENT_FETCHES_TARGET and worked == THREADS,
+        )
+    )
     bare, bare_worked, bare_elapsed = bench_first_connections(server, ttl=0)
-    print(f"    for contrast, ttl=0 (no caching)    {bare:5d} fetch(es)"
-          f"   ({bare_worked}/{THREADS} connected, all open after {bare_elapsed * 1000:.0f} ms)")
+    print(
+        f"    for contrast, ttl=0 (no caching)    {bare:5d} fetch(es)"
+        f"   ({bare_worked}/{THREADS} connected, all open after {bare_elapsed * 1000:.0f} ms)"
+    )
     return checks
 
 
