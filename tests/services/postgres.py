@@ -58,6 +58,8 @@ class PrivatePostgres:
         self.hba_lines = list(hba_lines)
         self.settings = dict(settings or {})
         self.bindir = pg_bindir()
+        # The server's own psql, not PATH's (tests put recording wrappers there).
+        self.psql = str(self.bindir / "psql")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class PrivatePostgres:
         """Run SQL as the superuser over the private socket; return psql's output."""
         result = subprocess.run(
             [
-                "psql",
+                self.psql,
                 "-X",
                 "-q",
                 "-A",
