@@ -50,7 +50,9 @@ class ConnectOptions:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], alias: str) -> ConnectOptions:
-        raw = options.get(OPTIONS_KEY) or {}
+        raw = options.get(OPTIONS_KEY)
+        if raw is None:
+            return _DEFAULT_OPTIONS  # built once per wrapper: keep the common case cheap
         if not isinstance(raw, Mapping):
             raise ConfigurationError(
                 f"database {alias!r}: OPTIONS[{OPTIONS_KEY!r}] must be a dict, not {type(raw).__name__}"
@@ -70,6 +72,9 @@ class ConnectOptions:
                 )
             values[key] = float(value)
         return cls(**values)
+
+
+_DEFAULT_OPTIONS = ConnectOptions()
 
 
 class Binding:
@@ -116,24 +121,28 @@ class Binding:
 
     def apply(
         self, params: dict[str, Any], *, user_key: str = "user", password_key: str = "password"
-    ) -> None:
-        """Put the current user and password into driver connection parameters."""
+    ) -> Credential | None:
+        """Put the current user and password into driver connection parameters;
+        return the credential used (None with a plain string PASSWORD)."""
         credential = self.credential()
         if credential is not None:
             params[password_key] = credential.password
             if credential.username:
                 params[user_key] = credential.username
+        return credential
 
     def connect(
         self,
         params: dict[str, Any],
         open_connection: Callable[[dict[str, Any]], C],
         refused: Callable[[BaseException], bool],
+        credential: Credential | None,
         *,
         user_key: str = "user",
         password_key: str = "password",
-    ) -> tuple[C, str | None]:
-        """Open a connection with ``params``; return it and the password it used.
+    ) -> tuple[C, Credential | None]:
+        """Open a connection with ``params``, which carry ``credential`` (as
+        :meth:`apply` put it there); return the connection and the credential used.
 
         When the login is refused, fetch a new
         credential and try again until ``retry_budget`` is spent.
@@ -149,7 +158,7 @@ class Binding:
         attempt = 1
         while True:
             try:
-                return open_connection(params), params.get(password_key)
+                return open_connection(params), credential
             except Exception as exc:
                 if not refused(exc):
                     raise
@@ -174,20 +183,23 @@ class Binding:
                 delay = min(max(delay * 2, self.options.retry_delay), self.options.max_retry_delay)
                 attempt += 1
                 params = dict(params)
-                self.apply(params, user_key=user_key, password_key=password_key)
+                credential = self.apply(params, user_key=user_key, password_key=password_key)
 
-    def retire_at(self, password: str | None) -> float | None:
-        """When (``time.monotonic()``) a connection made with ``password`` must be closed:
-        before its credential's sessions end. None when they don't end."""
-        if self.source is None or password is None:
+    def retire_at(self, credential: Credential | None) -> float | None:
+        """When (``time.monotonic()``) a connection made with ``credential`` must be
+        closed: before its sessions end. None when they don't end."""
+        if credential is None or credential.sessions_end_at is None:
             return None
-        credential = self.source.cached(self.target)
-        if credential is None or credential.password != password or credential.sessions_end_at is None:
-            return None
+        ends = credential.sessions_end_at
+        if self.source is not None:
+            # A renewed lease keeps the password and ends later.
+            current = self.source.cached(self.target)
+            if current is not None and current.password == credential.password:
+                ends = max(ends, current.sessions_end_at or ends)
         now = time.time()
-        lifetime = credential.sessions_end_at - (credential.issued_at or now)
+        lifetime = ends - (credential.issued_at or now)
         margin = max(self.options.retire_margin, lifetime / 10)
-        return time.monotonic() + (credential.sessions_end_at - margin - now)
+        return time.monotonic() + (ends - margin - now)
 
     # -- the command-line clients -----------------------------------------------------
 
@@ -219,6 +231,7 @@ class CredentialsWrapperMixin:
     vendor: str
     close_at: float | None
     _iamdb_binding: Binding | None = None
+    _iamdb_credential: Credential | None = None
 
     # Driver keywords that carry the user and password (MySQL has aliases).
     iamdb_password_keys: tuple[str, ...] = ("password",)
@@ -245,17 +258,19 @@ class CredentialsWrapperMixin:
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
         params.pop(OPTIONS_KEY, None)
-        self.iamdb.apply(params)
+        # Django calls get_new_connection() with these params next, in this thread.
+        self._iamdb_credential = self.iamdb.apply(params)
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         binding = self.iamdb
-        connection, password = binding.connect(
+        connection, credential = binding.connect(
             conn_params,
             super().get_new_connection,  # type: ignore[misc]
             self.iamdb_login_refused,
+            self._iamdb_credential,
         )
-        self.iamdb_retire(binding.retire_at(password))
+        self.iamdb_retire(binding.retire_at(credential))
         return connection
 
     def iamdb_retire(self, retire_at: float | None) -> None:

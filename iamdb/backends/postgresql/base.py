@@ -41,12 +41,12 @@ def pool_connection_class(base_class: type[Any], binding: Binding) -> type[Any]:
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             params = dict(kwargs)
-            binding.apply(params)
+            credential = binding.apply(params)
             parent: Any = super()
-            connection, password = binding.connect(
-                params, lambda p: parent.connect(conninfo, **p), login_refused
+            connection, credential = binding.connect(
+                params, lambda p: parent.connect(conninfo, **p), login_refused, credential
             )
-            connection._iamdb_retire_at = binding.retire_at(password)
+            connection._iamdb_retire_at = binding.retire_at(credential)
             return connection
 
     return IamdbPoolConnection
