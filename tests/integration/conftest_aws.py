@@ -1,0 +1,122 @@
+"""Fixtures for the AWS sources: moto's server and the RDS-IAM emulator (PostgreSQL and MariaDB
+with TLS and PAM). Test modules import the fixtures they use from here."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services.iam_emulator import IamEmulator, IamUser
+from tests.services.mariadb import PrivateMariadb
+from tests.services.moto import MotoServer
+from tests.services.postgres import PrivatePostgres
+from tests.services.tls import TestCA
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's server, and boto3 pointed at it through the environment for the whole session."""
+    server = MotoServer().start()
+    saved = {key: os.environ.get(key) for key in server.environ()}
+    os.environ.update(server.environ())
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    folder = tmp_path_factory.mktemp("tls")
+    folder.chmod(0o755)
+    return TestCA(folder)
+
+
+@pytest.fixture(scope="session")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A CA that did not sign the servers' certificates."""
+    return TestCA(tmp_path_factory.mktemp("other-tls"), common_name="not the servers' CA")
+
+
+@pytest.fixture(scope="session")
+def iam_emulator() -> Iterator[IamEmulator]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the RDS-IAM emulator writes a PAM service to /etc/pam.d")
+    emulator = IamEmulator().install()
+    try:
+        yield emulator
+    finally:
+        emulator.remove()
+
+
+@pytest.fixture(scope="session")
+def iam_postgres(iam_emulator: IamEmulator, test_ca: TestCA) -> Iterator[PrivatePostgres]:
+    """PostgreSQL with ssl=on, and PAM (the emulator) for members of rds_iam, as on RDS."""
+    server = PrivatePostgres(
+        hba_lines=[f"hostssl all +rds_iam 127.0.0.1/32 pam pamservice={iam_emulator.service}"],
+    )
+    # In the server's own folder: PostgreSQL wants its key owned by its user, mode 0600.
+    tls_dir = server.root / "tls"
+    tls_dir.mkdir()
+    for src, dst in ((test_ca.cert, "server.pem"), (test_ca.key, "server.key")):
+        (tls_dir / dst).write_bytes(Path(src).read_bytes())
+        (tls_dir / dst).chmod(0o600)
+    shutil.chown(tls_dir, "postgres")
+    for name in ("server.pem", "server.key"):
+        shutil.chown(tls_dir / name, "postgres")
+    server.settings.update(
+        ssl="on",
+        ssl_cert_file=f"'{tls_dir / 'server.pem'}'",
+        ssl_key_file=f"'{tls_dir / 'server.key'}'",
+    )
+    server.start()
+    iam_emulator.accept_endpoint("127.0.0.1", server.port)
+    try:
+        server.sql("CREATE ROLE rds_iam NOLOGIN")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def iam_mariadb(iam_emulator: IamEmulator, test_ca: TestCA) -> Iterator[PrivateMariadb]:
+    server = PrivateMariadb(tls=test_ca).start()
+    iam_emulator.accept_endpoint("127.0.0.1", server.port)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def iam_user(request: pytest.FixtureRequest, iam_emulator: IamEmulator, test_ca: TestCA) -> Iterator[IamUser]:
+    """A fresh IAM user on the emulator's PostgreSQL or MariaDB server; max token age reset."""
+    vendor = str(request.param)
+    name = f"iam_{secrets.token_hex(4)}"
+    if vendor == "postgresql":
+        server: Any = request.getfixturevalue("iam_postgres")
+        server.sql(f"CREATE ROLE {name} LOGIN IN ROLE rds_iam")
+        server.sql(f"GRANT ALL ON SCHEMA public TO {name}")
+    else:
+        server = request.getfixturevalue("iam_mariadb")
+        server.create_iam_user(name, iam_emulator.service)
+    iam_emulator.set_max_age(900)
+    yield IamUser(vendor, name, server, iam_emulator, test_ca)
+    iam_emulator.set_max_age(900)
+    if vendor == "postgresql":
+        server.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'")
+        server.sql(f"DROP OWNED BY {name}")
+        server.sql(f"DROP ROLE IF EXISTS {name}")
+    else:
+        server.drop_user(name)

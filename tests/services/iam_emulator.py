@@ -1,0 +1,136 @@
+"""An RDS-IAM emulator: the database servers check tokens through PAM and a SigV4 checker.
+
+RDS checks an IAM token at login with a PAM-like plugin that receives it in
+cleartext over TLS. Here, a PAM service of the tests' own
+(``/etc/pam.d/iamdb-test-<random>``) runs :mod:`tests.services.sigv4_checker`
+through ``pam_exec``; the private PostgreSQL and MariaDB servers send their
+IAM users' passwords to that service. The checker recomputes the token's SigV4
+signature with the emulator's secret key, and refuses a token older than
+``max_age`` seconds (settable while the servers run, so expiry takes seconds).
+
+Needs root (writing /etc/pam.d, running the servers as their own users).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services.tls import TestCA
+
+CHECKER = Path(__file__).with_name("sigv4_checker.py")
+PAM_DIR = Path("/etc/pam.d")
+
+
+class IamEmulator:
+    """The PAM service, the checker and its settings (keys, accepted endpoints, max age)."""
+
+    def __init__(self, *, region: str = "us-east-1") -> None:
+        self.region = region
+        self.service = f"iamdb-test-{secrets.token_hex(6)}"
+        self.access_key = "AKIAIAMDBTEST" + secrets.token_hex(4).upper()
+        self.secret_key = secrets.token_urlsafe(30)
+        self.hosts: list[str] = []
+        self.max_age = 900.0
+        # A folder the database servers' users can read (the checker runs as them).
+        self.root = Path(tempfile.mkdtemp(prefix="iamdb-iam-"))
+        self.root.chmod(0o755)
+        self.checker = self.root / "sigv4_checker.py"
+        self.config = self.root / "config.json"
+        self.pam_file = PAM_DIR / self.service
+
+    def install(self) -> IamEmulator:
+        if os.geteuid() != 0:
+            raise PermissionError("the RDS-IAM emulator needs root (it writes a PAM service)")
+        shutil.copyfile(CHECKER, self.checker)
+        self.checker.chmod(0o755)
+        self._write_config()
+        python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+        self.pam_file.write_text(
+            "# iamdb tests: RDS IAM token checker (removed when the tests end)\n"
+            f"auth required pam_exec.so expose_authtok quiet {python} {self.checker} {self.config}\n"
+            "account required pam_permit.so\n"
+        )
+        return self
+
+    def remove(self) -> None:
+        self.pam_file.unlink(missing_ok=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def accept_endpoint(self, host: str, port: int) -> None:
+        """Accept tokens signed for ``host:port`` (what RDS knows as its endpoint)."""
+        self.hosts.append(f"{host}:{port}")
+        self._write_config()
+
+    def set_max_age(self, seconds: float) -> None:
+        """Refuse tokens signed more than ``seconds`` ago (RDS: 900)."""
+        self.max_age = float(seconds)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        data = {
+            "keys": {self.access_key: self.secret_key},
+            "hosts": self.hosts,
+            "region": self.region,
+            "max_age": self.max_age,
+        }
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.chmod(0o644)
+        tmp.replace(self.config)  # atomic: a login never reads half a file
+
+    def session(self, **extra: Any) -> Any:
+        """A boto3 Session holding the key pair the emulator trusts."""
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            **extra,
+        )
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="needs root: the RDS-IAM emulator writes a PAM service to /etc/pam.d and runs private "
+    "database servers as their own users (CI runs these as root)",
+)
+
+
+class IamUser:
+    """A database user that logs in with IAM tokens on one of the emulator's servers."""
+
+    def __init__(self, vendor: str, name: str, server: Any, emulator: IamEmulator, ca: TestCA) -> None:
+        self.vendor = vendor
+        self.name = name
+        self.server = server
+        self.emulator = emulator
+        self.ca = ca
+
+    def tls_options(self, ca: str | None = None) -> dict[str, Any]:
+        ca = ca or str(self.ca.ca)
+        if self.vendor == "postgresql":
+            return {"sslmode": "verify-full", "sslrootcert": ca}
+        return {"ssl": {"ca": ca}, "ssl_mode": "VERIFY_IDENTITY"}
+
+    def settings(self, source: Any, *, options: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        engine = {"postgresql": "iamdb.backends.postgresql", "mysql": "iamdb.backends.mysql"}[self.vendor]
+        return {
+            "ENGINE": engine,
+            "HOST": "127.0.0.1",
+            "PORT": self.server.port,
+            "NAME": "postgres" if self.vendor == "postgresql" else "test",
+            "USER": self.name,
+            "PASSWORD": source,
+            "OPTIONS": self.tls_options() if options is None else options,
+            **extra,
+        }
