@@ -1,0 +1,234 @@
+"""SecretsManagerSecret against moto's server and the real database servers: rotation under load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db.utils import OperationalError
+
+from iamdb import CredentialError
+from iamdb.sources import SecretsManagerSecret, _aws
+from tests.conftest import DbUser, make_wrapper, new_password
+from tests.services.moto import MotoServer
+from tests.services.postgres import free_port
+
+pytest_plugins = ["tests.integration.conftest_aws"]
+
+CURRENT_USER = {
+    "postgresql": "SELECT current_user",
+    "mysql": "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)",
+}
+
+
+def whoami(wrapper: Any) -> str:
+    with wrapper.cursor() as cursor:
+        cursor.execute(CURRENT_USER[wrapper.vendor])
+        return str(cursor.fetchone()[0])
+
+
+@pytest.fixture
+def admin(moto_server: MotoServer) -> Any:
+    return moto_server.admin_client()
+
+
+@pytest.fixture
+def secret_name(admin: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"iamdb/test/{request.node.name}-{new_password()[-8:]}"
+    yield name
+    admin.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+
+
+def rds_secret(user: DbUser, password: str | None = None) -> str:
+    """The JSON that RDS-managed rotation keeps in a secret."""
+    return json.dumps(
+        {
+            "engine": user.vendor,
+            "host": "127.0.0.1",
+            "port": user.server.port,
+            "username": user.name,
+            "password": password or user.password,
+        }
+    )
+
+
+def count_get_secret_value(source: SecretsManagerSecret) -> list[int]:
+    """Counts the GetSecretValue calls the source's own client makes (real HTTP calls)."""
+    calls = [0]
+
+    def counted(**kwargs: Any) -> None:
+        calls[0] += 1
+
+    client = _aws.client("secretsmanager", source.region_for(make_target()), source._session)
+    client.meta.events.register("after-call.secrets-manager.GetSecretValue", counted)
+    return calls
+
+
+def make_target() -> Any:
+    from iamdb import Target
+
+    return Target()
+
+
+def test_login_with_the_user_and_password_in_an_rds_secret(
+    db_user: DbUser, admin: Any, secret_name: str
+) -> None:
+    admin.create_secret(Name=secret_name, SecretString=rds_secret(db_user))
+    source = SecretsManagerSecret(secret_name)
+    settings_dict = db_user.settings(source, USER="")  # the secret gives the user name
+    wrapper = make_wrapper(settings_dict)
+    assert whoami(wrapper) == db_user.name
+    wrapper.close()
+    assert settings_dict["USER"] == "" and settings_dict["PASSWORD"] is source
+
+
+def test_a_plain_string_secret_is_the_password(db_user: DbUser, admin: Any, secret_name: str) -> None:
+    admin.create_secret(Name=secret_name, SecretString=db_user.password)
+    wrapper = make_wrapper(db_user.settings(SecretsManagerSecret(secret_name)))
+    assert whoami(wrapper) == db_user.name
+    wrapper.close()
+
+
+@pytest.mark.slow
+def test_rotation_under_load_fails_no_request_and_makes_few_calls(
+    db_user: DbUser, admin: Any, secret_name: str
+) -> None:
+    """The server's password changes first; the secret is updated a moment later, repeatedly."""
+    admin.create_secret(Name=secret_name, SecretString=rds_secret(db_user))
+    source = SecretsManagerSecret(secret_name, ttl=3600)
+    calls = count_get_secret_value(source)
+    settings_dict = db_user.settings(source, OPTIONS={"iamdb": {"retry_budget": 10}})
+    failures: list[BaseException] = []
+    requests = [0]
+    done = threading.Event()
+
+    def work() -> None:
+        while not done.is_set():
+            wrapper = make_wrapper(settings_dict)
+            try:
+                assert whoami(wrapper) == db_user.name
+                requests[0] += 1
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                wrapper.close()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    rotations = 4
+    try:
+        for _ in range(rotations):
+            time.sleep(0.7)
+            new = db_user.rotate()
+            time.sleep(0.4)  # the secret lags behind the server
+            admin.put_secret_value(SecretId=secret_name, SecretString=rds_secret(db_user, new))
+        time.sleep(0.7)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert requests[0] > 50
+    # A few calls per rotation (the first read, then a handful while the secret lags),
+    # never one per request or per thread.
+    print(f"rotations={rotations} requests={requests[0]} GetSecretValue={calls[0]}")
+    assert calls[0] <= 1 + rotations * 8, (calls[0], requests[0])
+
+
+@pytest.mark.parametrize("vendor", ["postgresql", "mysql"])
+def test_managed_rotation_uses_awspending_until_it_finishes(
+    db_user: DbUser, admin: Any, secret_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Single-user rotation: createSecret (AWSPENDING), setSecret (the server), ..., finishSecret."""
+    caplog.set_level(logging.INFO, logger="iamdb")
+    admin.create_secret(Name=secret_name, SecretString=rds_secret(db_user))
+    source = SecretsManagerSecret(secret_name, ttl=3600)
+    settings_dict = db_user.settings(source, OPTIONS={"iamdb": {"retry_budget": 1}})
+    wrapper = make_wrapper(settings_dict)
+    assert whoami(wrapper) == db_user.name
+    wrapper.close()
+    new = new_password()
+    pending = admin.put_secret_value(
+        SecretId=secret_name, SecretString=rds_secret(db_user, new), VersionStages=["AWSPENDING"]
+    )
+    db_user.rotate(new)  # setSecret: the server has the pending password
+    # finishSecret has not run: AWSCURRENT is refused, AWSPENDING works.
+    for _ in range(3):
+        assert whoami(wrapper) == db_user.name
+        wrapper.close()
+    assert "using AWSPENDING" in caplog.text
+    current = admin.describe_secret(SecretId=secret_name)["VersionIdsToStages"]
+    old_version = next(v for v, stages in current.items() if "AWSCURRENT" in stages)
+    admin.update_secret_version_stage(
+        SecretId=secret_name,
+        VersionStage="AWSCURRENT",
+        MoveToVersionId=pending["VersionId"],
+        RemoveFromVersionId=old_version,
+    )
+    assert whoami(wrapper) == db_user.name
+    wrapper.close()
+
+
+def test_a_json_secret_without_the_password_key(db_user: DbUser, admin: Any, secret_name: str) -> None:
+    admin.create_secret(
+        Name=secret_name, SecretString=json.dumps({"username": db_user.name, "pass": "hunter2x"})
+    )
+    wrapper = make_wrapper(db_user.settings(SecretsManagerSecret(secret_name)), alias="billing")
+    with pytest.raises(ImproperlyConfigured) as info:
+        wrapper.ensure_connection()
+    message = str(info.value)
+    assert "'billing'" in message and secret_name in message and "'password'" in message
+    assert "hunter2x" not in message
+
+
+def test_a_missing_secret(db_user: DbUser, moto_server: MotoServer) -> None:
+    wrapper = make_wrapper(db_user.settings(SecretsManagerSecret("iamdb/no/such/secret")), alias="billing")
+    with pytest.raises(OperationalError) as info:
+        wrapper.ensure_connection()
+    assert isinstance(info.value, CredentialError)
+    message = str(info.value)
+    assert (
+        "'billing'" in message
+        and "iamdb/no/such/secret" in message
+        and "ResourceNotFoundException" in message
+    )
+
+
+def test_an_unreachable_endpoint(
+    db_user: DbUser, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", f"http://127.0.0.1:{free_port()}")
+    session = boto3.session.Session()  # a client of its own, made with that endpoint
+    wrapper = make_wrapper(db_user.settings(SecretsManagerSecret("iamdb/any", session=session)))
+    with pytest.raises(OperationalError) as info:
+        wrapper.ensure_connection()
+    assert "could not connect to the AWS endpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("vendor", ["postgresql"])
+def test_secrets_never_reach_the_logs(
+    db_user: DbUser, admin: Any, secret_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    admin.create_secret(Name=secret_name, SecretString=rds_secret(db_user))
+    source = SecretsManagerSecret(secret_name)
+    caplog.clear()
+    wrapper = make_wrapper(db_user.settings(source))
+    assert whoami(wrapper) == db_user.name
+    wrapper.close()
+    names = {record.name for record in caplog.records}
+    assert "botocore.parsers" in names  # botocore did log the response at DEBUG
+    assert db_user.password not in "\n".join(record.getMessage() for record in caplog.records)
+    # Control: the same call made outside iamdb logs the password.
+    caplog.clear()
+    client = _aws.client("secretsmanager", "us-east-1", None)
+    client.get_secret_value(SecretId=secret_name)
+    assert db_user.password in "\n".join(record.getMessage() for record in caplog.records)
