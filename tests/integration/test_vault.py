@@ -1,0 +1,332 @@
+"""VaultDatabaseCredentials against a real OpenBao server and real databases.
+
+Leases last a few seconds (see ``vault_fixtures``), so renewal, the max TTL,
+revocation and token expiry all happen within a test.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import django
+import pytest
+from django.db.utils import OperationalError
+
+from iamdb import CredentialError
+from iamdb.sources.vault import AppRoleAuth, TokenAuth, VaultDatabaseCredentials
+from tests.conftest import make_wrapper
+from tests.integration.vault_fixtures import (
+    LONG_TTL,
+    PG_OWNER,
+    SHORT_MAX_TTL,
+    WHO,
+    VaultLab,
+    run_load,
+    vault_lab,
+)
+
+__all__ = ["vault_lab"]  # the fixture, re-exported for pytest
+
+ROLE = {"postgresql": "pg", "mysql": "my"}
+# Connections are retired this long before their lease ends (leases here last seconds).
+FAST = {"iamdb": {"retire_margin": 1.0}}
+
+
+def source_for(lab: VaultLab, role: str, **kwargs: Any) -> VaultDatabaseCredentials:
+    kwargs.setdefault("auth", TokenAuth(lab.bao.root_token))
+    return VaultDatabaseCredentials(role, url=lab.bao.addr, **kwargs)
+
+
+def who(wrapper: Any) -> str:
+    with wrapper.cursor() as cursor:
+        cursor.execute(WHO[wrapper.vendor])
+        return str(cursor.fetchone()[0])
+
+
+def test_dynamic_credentials_connect_as_a_vault_user(vault_lab: VaultLab, vendor: str) -> None:
+    source = source_for(vault_lab, f"{ROLE[vendor]}-long")
+    wrapper = make_wrapper(vault_lab.settings(vendor, source))
+    user = who(wrapper)
+    credential = source.cached(wrapper.iamdb.target)
+    assert credential is not None and credential.username == user
+    assert user.startswith("v-") and user in vault_lab.db_users(vendor)
+    assert credential.sessions_end_at == credential.expires_at
+    assert credential.expires_at - time.time() <= LONG_TTL
+    assert credential.password not in repr(credential) + repr(source)
+    wrapper.close()
+    # Opt-in clean-up: the lease is revoked and the user dropped.
+    assert source.revoke_leases() == 1
+    assert user not in vault_lab.db_users(vendor)
+
+
+def test_revocation_ends_open_sessions(vault_lab: VaultLab, vendor: str) -> None:
+    """Why connections must be retired before their lease ends: a connection made
+    with a lease's password (stock Django, a plain string) dies when it is revoked."""
+    response = vault_lab.bao.client().secrets.database.generate_credentials(name=f"{ROLE[vendor]}-long")
+    settings_dict = vault_lab.settings(
+        vendor, response["data"]["password"], USER=response["data"]["username"]
+    )
+    wrapper = make_wrapper(settings_dict)
+    assert who(wrapper) == response["data"]["username"]
+    vault_lab.bao.client().sys.revoke_lease(response["lease_id"])
+    with pytest.raises(OperationalError):
+        who(wrapper)
+    wrapper.close()
+
+
+@pytest.mark.slow
+def test_persistent_connections_under_load_across_lease_lifetimes(vault_lab: VaultLab, vendor: str) -> None:
+    role = f"{ROLE[vendor]}-short"
+    source = source_for(vault_lab, role)
+    settings_dict = vault_lab.settings(vendor, source, CONN_MAX_AGE=None, OPTIONS=FAST)
+    live: list[int] = []
+    seconds = 2.3 * SHORT_MAX_TTL
+    result = run_load(
+        settings_dict,
+        alias=f"vault_load_{vendor}",
+        threads=4,
+        seconds=seconds,
+        sample=lambda: live.append(len(vault_lab.live_leases(role))),
+    )
+    stats = source.stats
+    print(
+        f"\n{vendor}: {result.ok} requests ok, {len(result.failures)} failed, "
+        f"{len(result.connections)} connections, {stats.leases_issued} leases issued, "
+        f"{stats.leases_renewed} renewals, live leases sampled max {max(live)}"
+    )
+    assert result.failures == []
+    assert result.ok > 200
+    # Several lease lifetimes (each ended by the max TTL), one lease at a time:
+    # new leases scale with time, not with threads or connections.
+    assert 2 <= stats.leases_issued <= seconds / (SHORT_MAX_TTL - 3) + 1
+    assert stats.leases_renewed >= stats.leases_issued
+    assert len(result.users) == stats.leases_issued
+    assert max(live) <= 2
+    # Connections persist between requests (retired only before a lease ends).
+    assert len(result.connections) < result.ok / 5
+    # Expired leases were revoked by Vault: their users are gone.
+    time.sleep(0.5)
+    assert len(result.users & vault_lab.db_users(vendor)) <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="Django's PostgreSQL pool needs Django 5.1+")
+def test_postgresql_pool_under_load_across_lease_lifetimes(vault_lab: VaultLab) -> None:
+    role = "pg-short"
+    source = source_for(vault_lab, role)
+    pool = {"min_size": 2, "max_size": 4, "timeout": 10}
+    settings_dict = vault_lab.settings("postgresql", source, CONN_MAX_AGE=0, OPTIONS={"pool": pool, **FAST})
+    alias = "vault_pool"
+    warm = make_wrapper(settings_dict, alias)
+    assert who(warm).startswith("v-")
+    warm.close()
+    try:
+        seconds = 2 * SHORT_MAX_TTL
+        result = run_load(settings_dict, alias=alias, threads=4, seconds=seconds)
+    finally:
+        warm.close_pool()
+    stats = source.stats
+    print(
+        f"\npool: {result.ok} requests ok, {len(result.failures)} failed, "
+        f"{len(result.connections)} connections, {stats.leases_issued} leases, "
+        f"{stats.leases_renewed} renewals"
+    )
+    assert result.failures == []
+    assert result.ok > 200
+    assert 2 <= stats.leases_issued <= seconds / (SHORT_MAX_TTL - 3) + 2
+    assert len(result.users) <= stats.leases_issued
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="Django's PostgreSQL pool needs Django 5.1+")
+def test_pool_with_assume_role_and_leases_shorter_than_the_retire_margin(vault_lab: VaultLab) -> None:
+    """Two fixes found here: Django quoted assume_role through the pool itself (the
+    pool never opened a connection), and a pool whose every new connection was
+    already due for retirement handed out a closed one."""
+    source = source_for(vault_lab, "pg-short")
+    pool = {"min_size": 1, "max_size": 2, "timeout": 10}
+    settings_dict = vault_lab.settings("postgresql", source, CONN_MAX_AGE=0, OPTIONS={"pool": pool})
+    wrapper = make_wrapper(settings_dict, "vault_pool_short")
+    try:
+        for _ in range(3):
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT current_user, session_user")
+                current, session = cursor.fetchone()
+            wrapper.close()
+            assert current == PG_OWNER and session.startswith("v-")
+    finally:
+        wrapper.close_pool()
+
+
+@pytest.mark.slow
+def test_static_role_rotating_under_load(vault_lab: VaultLab) -> None:
+    source = source_for(vault_lab, "pg-static", static=True)
+    settings_dict = vault_lab.settings("postgresql", source, CONN_MAX_AGE=0)
+    passwords: set[str] = set()
+    target = make_wrapper(settings_dict, "vault_static").iamdb.target
+
+    def sample() -> None:
+        credential = source.cached(target)
+        if credential is not None:
+            passwords.add(credential.password)
+
+    result = run_load(settings_dict, alias="vault_static", threads=3, seconds=13, pause=0.02, sample=sample)
+    print(
+        f"\nstatic: {result.ok} requests ok, {len(result.failures)} failed, "
+        f"{len(passwords)} passwords seen, {source.stats.static_reads} reads"
+    )
+    assert result.failures == []
+    assert result.users == {"iamdb_vault_static"}
+    assert len(passwords) >= 2  # Vault rotated the password (every 5 s) while requests ran
+    assert source.stats.static_reads <= 40  # read when it rotates, not per connection
+
+
+@pytest.mark.slow
+def test_vault_stopped_then_restarted(vault_lab: VaultLab) -> None:
+    source = source_for(vault_lab, "pg-long")
+    settings_dict = vault_lab.settings("postgresql", source, CONN_MAX_AGE=0)
+    wrapper = make_wrapper(settings_dict, "vault_outage")
+    first_user = who(wrapper)
+    wrapper.close()
+    credential = source.cached(wrapper.iamdb.target)
+    assert credential is not None and credential.expires_at is not None
+    vault_lab.bao.stop()
+    try:
+        # While the credential is valid, new connections keep working.
+        ok = 0
+        while time.time() < credential.expires_at - 3 and ok < 500:
+            assert who(wrapper) == first_user
+            wrapper.close()
+            ok += 1
+            time.sleep(0.02)
+        assert ok > 10
+        # Once it has ended, a clear error, quickly, naming alias, role and address.
+        error = None
+        for _ in range(200):
+            try:
+                who(wrapper)
+                wrapper.close()
+            except OperationalError as exc:
+                error = exc
+                break
+            time.sleep(0.05)
+        assert isinstance(error, CredentialError)
+        message = str(error)
+        assert "'vault_outage'" in message and "'pg-long'" in message and vault_lab.bao.addr in message
+        assert "cannot connect to Vault" in message
+        assert vault_lab.bao.root_token not in message
+    finally:
+        vault_lab.bao.restart()
+        vault_lab.configure()
+    # Restarted (empty, then configured again): the next connections recover.
+    recovered = None
+    for _ in range(100):
+        try:
+            recovered = who(wrapper)
+            break
+        except OperationalError:
+            time.sleep(0.1)
+    wrapper.close()
+    assert recovered is not None and recovered != first_user
+    vault_lab.drop_leftover_users()  # the forgotten leases' users
+
+
+@pytest.mark.slow
+def test_approle_token_expiring_is_renewed_then_replaced(vault_lab: VaultLab) -> None:
+    client = vault_lab.bao.client()
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    client.auth.approle.create_or_update_approle(
+        "iamdb-app", token_policies=["iamdb-app"], token_ttl="3s", token_max_ttl="7s"
+    )
+    role_id = client.auth.approle.read_role_id("iamdb-app")["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id("iamdb-app")["data"]["secret_id"]
+    source = source_for(vault_lab, "pg-long", auth=AppRoleAuth(role_id, secret_id))
+    settings_dict = vault_lab.settings("postgresql", source, CONN_MAX_AGE=None, OPTIONS=FAST)
+    result = run_load(settings_dict, alias="vault_approle", threads=2, seconds=16)
+    stats = source.stats
+    print(
+        f"\napprole: {result.ok} requests ok, {len(result.failures)} failed, {stats.logins} logins, "
+        f"{stats.token_renewals} token renewals, {stats.leases_issued} leases"
+    )
+    assert result.failures == []
+    assert stats.logins >= 2 and stats.token_renewals >= 1
+    # Leases die with their token, so each token got its own lease...
+    assert stats.leases_issued == stats.logins
+    # ...and the credential never outlives the token (3 s), though the lease is 6 s.
+    credential = source.cached(make_wrapper(settings_dict, "vault_approle").iamdb.target)
+    assert credential is not None and credential.issued_at is not None and credential.expires_at is not None
+    assert credential.expires_at - credential.issued_at <= 3.5
+    # The tokens that ended took their leases' users with them.
+    time.sleep(0.5)
+    assert len(result.users & vault_lab.db_users("postgresql")) <= 2
+
+
+def test_token_that_cannot_be_renewed_bounds_the_credential(vault_lab: VaultLab) -> None:
+    token = vault_lab.bao.client().auth.token.create(policies=["iamdb-app"], ttl="4s", renewable=False)
+    source = source_for(vault_lab, "pg-long", auth=TokenAuth(token["auth"]["client_token"]))
+    wrapper = make_wrapper(vault_lab.settings("postgresql", source), "vault_token")
+    assert who(wrapper).startswith("v-")
+    wrapper.close()
+    credential = source.cached(wrapper.iamdb.target)
+    assert credential is not None and credential.expires_at is not None and credential.issued_at is not None
+    assert credential.expires_at - credential.issued_at <= 4  # the token's TTL, not the lease's 6 s
+    time.sleep(max(credential.expires_at - time.time(), 0) + 0.2)
+    with pytest.raises(CredentialError) as info:
+        who(wrapper)
+    message = str(info.value)
+    assert "'vault_token'" in message and "'pg-long'" in message
+    assert token["auth"]["client_token"] not in message
+
+
+@pytest.mark.parametrize(
+    ("role", "auth", "expected"),
+    [
+        ("no-such-role", None, "unknown role"),
+        ("pg-long", "unprivileged", "permission denied"),
+    ],
+)
+def test_vault_errors_name_alias_role_and_address(
+    vault_lab: VaultLab, role: str, auth: str | None, expected: str
+) -> None:
+    token = None
+    if auth == "unprivileged":
+        token = vault_lab.bao.client().auth.token.create(policies=["default"], ttl="60s")["auth"][
+            "client_token"
+        ]
+    source = source_for(vault_lab, role, **({"auth": TokenAuth(token)} if token else {}))
+    wrapper = make_wrapper(vault_lab.settings("postgresql", source), "reports")
+    with pytest.raises(OperationalError) as info:
+        wrapper.ensure_connection()
+    message = str(info.value)
+    assert isinstance(info.value, CredentialError)
+    assert expected in message
+    assert "'reports'" in message and repr(role) in message and vault_lab.bao.addr in message
+    for secret in (vault_lab.bao.root_token, token):
+        assert not secret or secret not in message
+
+
+def test_unreachable_vault_fails_fast_with_a_clear_error(vault_lab: VaultLab) -> None:
+    from tests.services.postgres import free_port
+
+    addr = f"http://127.0.0.1:{free_port()}"
+    source = VaultDatabaseCredentials("pg-long", url=addr, auth=TokenAuth("s.not-a-real-token"), timeout=2)
+    wrapper = make_wrapper(vault_lab.settings("postgresql", source), "billing")
+    with pytest.raises(CredentialError) as info:
+        wrapper.ensure_connection()
+    message = str(info.value)
+    assert "'billing'" in message and "'pg-long'" in message and addr in message
+    assert "cannot connect to Vault" in message and "not-a-real-token" not in message
+
+
+def test_client_from_the_environment(
+    vault_lab: VaultLab, vendor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAULT_ADDR", vault_lab.bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", vault_lab.bao.root_token)
+    source = VaultDatabaseCredentials(f"{ROLE[vendor]}-long")
+    assert vault_lab.bao.addr in repr(source) and vault_lab.bao.root_token not in repr(source)
+    wrapper = make_wrapper(vault_lab.settings(vendor, source))
+    assert who(wrapper).startswith("v-")
+    wrapper.close()
+    source.revoke_leases()
