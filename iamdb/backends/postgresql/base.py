@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from django.db.backends.postgresql import base
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from .._shared import Binding, CredentialsWrapperMixin
 from .client import DatabaseClient
@@ -60,7 +61,7 @@ class DatabaseWrapper(CredentialsWrapperMixin, base.DatabaseWrapper):
 
     @property
     def pool(self) -> Any:
-        pool = super().pool
+        pool = getattr(super(), "pool", None)  # Django 4.2 has no pool
         if pool is not None and not issubclass(pool.connection_class, _PoolConnectionMixin):
             binding = self.iamdb
             if binding.source is not None:
@@ -72,16 +73,34 @@ class DatabaseWrapper(CredentialsWrapperMixin, base.DatabaseWrapper):
                     pool.kwargs = {k: v for k, v in pool.kwargs.items() if k != "password"}
         return pool
 
+    def _configure_role(self, connection: Any) -> bool:
+        # Django 5.1+ quotes the role through this wrapper's own connection
+        # (ops.compose_sql), which inside a pool worker asks the pool for a
+        # connection and waits until PoolTimeout: the pool never opens one with
+        # OPTIONS["assume_role"]. Quote it with the driver instead.
+        role = self.settings_dict["OPTIONS"].get("assume_role")
+        if not role or not is_psycopg3:
+            return bool(super()._configure_role(connection))  # type: ignore[misc]
+        from psycopg import sql
+
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        return True
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         pool = self.pool
         if not pool:
             return super().get_new_connection(conn_params)
         # The pool connects (and retries a refused login) by itself. Here, a pooled
         # connection whose credential's sessions are about to end is discarded.
-        for _ in range(pool.max_size + 1):
+        # The last attempt is a connection the pool has just opened with the current
+        # credential: it is kept even when due (a lease shorter than the retire
+        # margin), and Django closes it at the end of the request.
+        attempts = pool.max_size + 1
+        for attempt in range(attempts):
             connection = base.DatabaseWrapper.get_new_connection(self, conn_params)
             retire_at = getattr(connection, "_iamdb_retire_at", None)
-            if retire_at is None or retire_at > time.monotonic():
+            if retire_at is None or retire_at > time.monotonic() or attempt == attempts - 1:
                 break
             connection.close()
             pool.putconn(connection)
