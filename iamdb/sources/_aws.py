@@ -85,7 +85,9 @@ class AwsSource(CredentialSource):
     _session: Any
 
     def _set_session(self, session: Any) -> None:
-        self._session_profile = getattr(session, "profile_name", None) if session is not None else None
+        profile = getattr(session, "profile_name", None) if session is not None else None
+        # Without a config file, a Session reports the profile "default" that does not exist.
+        self._session_profile = profile if profile in getattr(session, "available_profiles", ()) else None
         self._explicit_session = session is not None
         self._session = session
 
