@@ -71,6 +71,7 @@ def test_repr_and_str_hide_secrets() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_while_another_thread_holds_the_fetch_lock() -> None:
     """A lock held by a parent thread at fork() would deadlock the child forever,
     unless the child re-creates its locks."""
