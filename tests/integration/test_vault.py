@@ -330,3 +330,189 @@ def test_client_from_the_environment(
     assert who(wrapper).startswith("v-")
     wrapper.close()
     source.revoke_leases()
+
+
+DBSHELL_QUERY = {
+    "postgresql": ["-X", "-A", "-t", "-c", "SELECT session_user"],
+    "mysql": ["-N", "-B", "-e", "SELECT CURRENT_USER()"],
+}
+
+
+def test_dbshell_logs_in_as_the_vault_user(
+    vault_lab: VaultLab, vendor: str, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    source = source_for(vault_lab, f"{ROLE[vendor]}-long")
+    wrapper = make_wrapper(vault_lab.settings(vendor, source), "vault_shell")
+    argv: list[list[str]] = []
+    real_run = subprocess.run
+
+    def run(args: list[str], **kwargs: Any) -> Any:
+        argv.append(list(args))
+        return real_run(args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    wrapper.client.runshell(DBSHELL_QUERY[vendor])
+    credential = source.cached(wrapper.iamdb.target)
+    assert credential is not None and credential.username
+    out = capfd.readouterr().out
+    assert credential.username in out  # the real psql/mysql client logged in as the lease's user
+    assert argv and all(credential.password not in arg for arg in argv[0])
+    source.revoke_leases()
+
+
+PROJECT_SETTINGS = """
+import json, os
+from iamdb.sources.vault import VaultDatabaseCredentials
+
+SECRET_KEY = "not-secret"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "notes"]
+DATABASES = {"default": {
+    **json.loads(os.environ["IAMDB_TEST_DATABASE"]),
+    # Address and token from VAULT_ADDR and VAULT_TOKEN, as the Vault CLI reads them.
+    "PASSWORD": VaultDatabaseCredentials(os.environ["IAMDB_TEST_VAULT_ROLE"], revoke_at_exit=True),
+}}
+"""
+PROJECT_MODELS = """
+from django.db import models
+
+class Note(models.Model):
+    text = models.CharField(max_length=100)
+"""
+PROJECT_TESTS = """
+from django.db import connection
+from django.test import TestCase
+
+from notes.models import Note
+
+SESSION_USER = {"postgresql": "SELECT session_user", "mysql": "SELECT CURRENT_USER()"}
+
+
+class NoteTests(TestCase):
+    def test_save_and_count(self):
+        Note.objects.create(text="from a Vault lease")
+        self.assertEqual(Note.objects.count(), 1)
+
+    def test_runs_as_a_vault_user_in_the_test_database(self):
+        with connection.cursor() as cursor:
+            cursor.execute(SESSION_USER[connection.vendor])
+            self.assertTrue(cursor.fetchone()[0].startswith("v-"))
+        self.assertTrue(connection.settings_dict["NAME"].startswith("test_"))
+"""
+
+
+@pytest.mark.slow
+def test_manage_py_test_with_vault_credentials(vault_lab: VaultLab, vendor: str, tmp_path: Any) -> None:
+    """Django's test runner creates and drops its test database with dynamic
+    credentials (the role statements grant CREATEDB / the test database)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "__init__.py").write_text("")
+    (tmp_path / "notes" / "models.py").write_text(PROJECT_MODELS)
+    (tmp_path / "notes" / "tests.py").write_text(PROJECT_TESTS)
+    (tmp_path / "vault_settings.py").write_text(PROJECT_SETTINGS)
+    database = {k: v for k, v in vault_lab.settings(vendor, None).items() if k != "PASSWORD"}
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)]),
+        "DJANGO_SETTINGS_MODULE": "vault_settings",
+        "VAULT_ADDR": vault_lab.bao.addr,
+        "VAULT_TOKEN": vault_lab.bao.root_token,
+        "IAMDB_TEST_DATABASE": json.dumps(database),
+        "IAMDB_TEST_VAULT_ROLE": f"{ROLE[vendor]}-long",
+    }
+    before = vault_lab.db_users(vendor)
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "test", "notes", "--noinput", "-v", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Ran 2 tests" in output and "OK" in output
+    assert "Destroying test database" in output
+    assert vault_lab.bao.root_token not in output
+    # revoke_at_exit: the worker left no database user behind.
+    assert vault_lab.db_users(vendor) <= before
+
+
+def test_forked_child_gets_its_own_lease(vault_lab: VaultLab) -> None:
+    import os
+
+    source = source_for(vault_lab, "pg-long")
+    wrapper = make_wrapper(vault_lab.settings("postgresql", source), "vault_fork")
+    parent_user = who(wrapper)
+    wrapper.close()
+    pid = os.fork()
+    if pid == 0:  # the child: a new lease through a new client; the parent's is untouched
+        code = 1
+        try:
+            child = make_wrapper(vault_lab.settings("postgresql", source), "vault_fork")
+            user = who(child)
+            child.close()
+            code = (
+                0 if user.startswith("v-") and user != parent_user and source.stats.leases_issued == 1 else 2
+            )
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert who(wrapper) == parent_user
+    wrapper.close()
+    source.revoke_leases()
+
+
+def test_kubernetes_auth(vault_lab: VaultLab, tmp_path: Any) -> None:
+    """OpenBao's kubernetes auth method for real, with a stand-in TokenReview API."""
+    from iamdb.sources.vault import KubernetesAuth
+    from tests.services.tokenreview import TokenReviewServer
+
+    reviewer = TokenReviewServer().start()
+    try:
+        client = vault_lab.bao.client()
+        if "kubernetes/" not in client.sys.list_auth_methods()["data"]:
+            client.sys.enable_auth_method("kubernetes")
+        vault_lab.bao.write(
+            "auth/kubernetes/config",
+            kubernetes_host=reviewer.url,
+            disable_local_ca_jwt=True,
+            kubernetes_ca_cert=reviewer.ca_pem(),
+            token_reviewer_jwt=reviewer.service_account_jwt("kube-system", "vault-reviewer"),
+        )
+        vault_lab.bao.write(
+            "auth/kubernetes/role/web",
+            bound_service_account_names="web",
+            bound_service_account_namespaces="shop",
+            token_policies="iamdb-app",
+            token_ttl="60s",
+        )
+        jwt_path = tmp_path / "token"
+        jwt_path.write_text(reviewer.service_account_jwt("shop", "web"))
+        source = source_for(vault_lab, "pg-long", auth=KubernetesAuth("web", jwt_path=str(jwt_path)))
+        wrapper = make_wrapper(vault_lab.settings("postgresql", source), "vault_k8s")
+        assert who(wrapper).startswith("v-")
+        wrapper.close()
+        assert source.stats.logins == 1 and reviewer.reviews >= 1
+        source.revoke_leases()
+        # A service account the cluster does not vouch for is refused, clearly.
+        jwt_path.write_text(reviewer.service_account_jwt("other", "web"))
+        stranger = source_for(vault_lab, "pg-long", auth=KubernetesAuth("web", jwt_path=str(jwt_path)))
+        with pytest.raises(CredentialError) as info:
+            make_wrapper(vault_lab.settings("postgresql", stranger), "vault_k8s").ensure_connection()
+        assert "'vault_k8s'" in str(info.value) and "logging in with KubernetesAuth" in str(info.value)
+        assert jwt_path.read_text() not in str(info.value)
+    finally:
+        reviewer.stop()
