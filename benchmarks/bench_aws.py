@@ -87,9 +87,9 @@ def get_secret_value_per_hour(moto: MotoServer) -> None:
     try:
         for label, rotate_every in (("no rotation", None), ("rotation every 10 minutes", 600.0)):
             now = [0.0]
-            source = SecretsManagerSecret(name, ttl=300, clock=lambda: now[0])
+            source = SecretsManagerSecret(name, ttl=300, clock=lambda now=now: now[0])
             # The engine waits between re-fetches after refusals: on the simulated clock.
-            source._cache._sleep = lambda seconds: now.__setitem__(0, now[0] + seconds)
+            source._cache._sleep = lambda seconds, now=now: now.__setitem__(0, now[0] + seconds)
             calls = [0]
             client = _aws.client("secretsmanager", "us-east-1", None)
 
