@@ -516,3 +516,19 @@ def test_kubernetes_auth(vault_lab: VaultLab, tmp_path: Any) -> None:
         assert jwt_path.read_text() not in str(info.value)
     finally:
         reviewer.stop()
+
+
+def test_sealed_vault_is_a_clear_error(vault_lab: VaultLab) -> None:
+    from tests.services.openbao import OpenBao
+
+    sealed = OpenBao(vault_lab.bao.binary).start(sealed=True)
+    try:
+        source = VaultDatabaseCredentials("pg-long", url=sealed.addr, auth=TokenAuth("s.some-token"))
+        wrapper = make_wrapper(vault_lab.settings("postgresql", source), "vault_sealed")
+        with pytest.raises(CredentialError) as info:
+            wrapper.ensure_connection()
+    finally:
+        sealed.cleanup()
+    message = str(info.value)
+    assert "sealed" in message and "'vault_sealed'" in message and "'pg-long'" in message
+    assert sealed.addr in message and "s.some-token" not in message

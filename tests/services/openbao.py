@@ -72,19 +72,30 @@ class OpenBao:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> OpenBao:
+    def start(self, *, sealed: bool = False) -> OpenBao:
+        """Start in dev mode (unsealed, root token known), or ``sealed``: a server
+        that was never initialised, which answers every request "Vault is sealed"."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["HOME"] = str(self.root)  # no token helper file in the real home
         self._log = open(self.root / "server.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                self.binary,
+        if sealed:
+            config = self.root / "sealed.hcl"
+            config.write_text(
+                'storage "inmem" {}\n'
+                f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n  tls_disable = true\n}}\n'
+                "disable_mlock = true\n"
+            )
+            args = ["server", f"-config={config}"]
+        else:
+            args = [
                 "server",
                 "-dev",
                 f"-dev-root-token-id={self.root_token}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 "-dev-no-store-token",
-            ],
+            ]
+        self.process = subprocess.Popen(
+            [self.binary, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -95,6 +106,8 @@ class OpenBao:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bao server exited: {self.log()[-2000:]}")
             try:
+                if sealed and self.client().sys.is_sealed():
+                    break
                 if self.client().sys.is_initialized() and not self.client().sys.is_sealed():
                     break
             except Exception:
