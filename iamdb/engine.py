@@ -52,8 +52,9 @@ class RefreshPolicy:
     window opens at ``E - advisory * L`` and the mandatory one at
     ``E - mandatory * L``, but never later than ``E - safety_margin`` (a
     credential is not handed out in its last ``safety_margin`` seconds, so a
-    login that starts with it can finish). For a 15-minute IAM token the
-    defaults give 11:15 and 13:30.
+    login that starts with it can finish; for credentials that live less than
+    ``safety_margin / mandatory`` seconds, the margin is ``mandatory * L``).
+    For a 15-minute IAM token the defaults give 11:15 and 13:30.
 
     A credential with only ``refresh_after`` (a rotating secret re-read on a
     timer) enters the advisory window then and never becomes mandatory: it
@@ -247,7 +248,8 @@ class CredentialCache:
         if credential.expires_at is not None:
             end = credential.expires_at
             lifetime = max(end - issued, 0.0)
-            usable_until = end - policy.safety_margin
+            # A credential shorter-lived than the margin itself stays usable for a while.
+            usable_until = end - min(policy.safety_margin, policy.mandatory * lifetime)
             mandatory_at = min(end - policy.mandatory * lifetime, usable_until)
             advisory_at = min(end - policy.advisory * lifetime, mandatory_at)
             if credential.refresh_after is not None:

@@ -78,7 +78,10 @@ def test_region_order_argument_then_endpoint_then_boto3() -> None:
     assert RdsIamToken(session=session()).region_for(target()) == "us-east-1"
 
 
-def test_no_region_anywhere_is_improperly_configured() -> None:
+def test_no_region_anywhere_is_improperly_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    # moto's fixture (integration tests) sets a default region for the session.
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
     source = RdsIamToken(session=session(region=None))
     with pytest.raises(ImproperlyConfigured, match="region") as info:
         source.check_target(target())

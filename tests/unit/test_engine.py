@@ -308,3 +308,12 @@ def test_spacing_resets_once_the_password_changes(clock: FakeClock) -> None:
     # Each refetch brought a new password: the spacing stays at its first step.
     assert [round(s, 3) for s in slept] == [0.1, 0.1, 0.1, 0.1]
     assert source.issued == 5
+
+
+def test_credential_shorter_lived_than_the_safety_margin_is_still_cached(clock: FakeClock) -> None:
+    source = FakeSource(clock, lifetime=1.5)  # safety_margin is 2 s
+    source.get_password()
+    clock.advance(1.0)
+    assert source.get_password() == "password-1"  # still cached, not refetched on every call
+    clock.advance(0.4)  # within the last 10 % of its life: mandatory
+    assert source.get_password() == "password-2"
