@@ -334,7 +334,9 @@ class VaultDatabaseCredentials(CredentialSource):
         client = self._vault()
         try:
             response = client.auth.token.renew_self(increment=max(int(token.ttl), 1))
-        except (vault_errors.Forbidden, vault_errors.InvalidRequest) as exc:
+        except vault_errors.VaultError as exc:
+            # Vault answered but would not renew (past the token's max TTL, revoked,
+            # not renewable): the caller logs in again when the auth method can.
             logger.info("iamdb: %s: the Vault token was not renewed: %s", self.describe(), _reason(exc, self))
             return None
         except Exception as exc:
