@@ -15,6 +15,7 @@ from django.db.utils import OperationalError
 
 from iamdb.sources import RdsIamToken, _aws
 from tests.conftest import make_wrapper
+from tests.load import run_load
 from tests.services.iam_emulator import IamUser, needs_root
 
 # The fixtures (servers, emulator) live in a plugin module of their own.
@@ -97,28 +98,17 @@ def test_threads_see_no_failure_while_tokens_expire_every_few_seconds(iam_user: 
     iam_user.emulator.set_max_age(3)
     source = RdsIamToken(session=iam_user.emulator.session(), clock=scaled_clock(900 / 3))
     settings_dict = iam_user.settings(source)
-    failures: list[BaseException] = []
-    logins = [0]
-    stop = time.monotonic() + 7
 
-    def work() -> None:
-        while time.monotonic() < stop:
-            wrapper = make_wrapper(settings_dict)
-            try:
-                assert whoami(wrapper)[0] == iam_user.name
-                logins[0] += 1
-            except BaseException as exc:
-                failures.append(exc)
-            finally:
-                wrapper.close()
+    def request() -> None:
+        wrapper = make_wrapper(settings_dict)
+        try:
+            assert whoami(wrapper)[0] == iam_user.name
+        finally:
+            wrapper.close()
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    logins, failures = run_load(request, threads=4, seconds=7)
     assert failures == []
-    assert logins[0] > 20
+    assert logins > 20
     assert source._cache.fetches >= 2  # the tokens were renewed, and used after the first expired
 
 

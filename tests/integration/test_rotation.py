@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import django
@@ -13,6 +12,7 @@ import pytest
 
 from iamdb.sources import CallableSource
 from tests.conftest import DbUser, make_wrapper, new_password
+from tests.load import run_load
 
 pytestmark = pytest.mark.slow
 
@@ -55,38 +55,6 @@ class Rotator:
         self._stop.set()
         self._thread.join(10)
         assert not self.errors, f"the rotator failed: {self.errors!r}"
-
-
-def run_load(
-    open_and_query: Callable[[], None], *, threads: int = 6, seconds: float = 5.0, max_requests: int = 100_000
-) -> tuple[int, list[BaseException]]:
-    """Call ``open_and_query`` from several threads until time or count runs out."""
-    deadline = time.monotonic() + seconds
-    lock = threading.Lock()
-    ok = 0
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        nonlocal ok
-        while time.monotonic() < deadline:
-            with lock:
-                if ok + len(errors) >= max_requests:
-                    return
-            try:
-                open_and_query()
-            except BaseException as exc:  # every failure counts
-                with lock:
-                    errors.append(exc)
-            else:
-                with lock:
-                    ok += 1
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(seconds + 30)
-    return ok, errors
 
 
 def query_once(settings_dict: dict[str, Any], local: threading.local) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from django.db.utils import OperationalError
 from iamdb import CredentialError
 from iamdb.sources import SecretsManagerSecret, _aws
 from tests.conftest import DbUser, make_wrapper, new_password
+from tests.load import run_load
 from tests.services.moto import MotoServer
 from tests.services.postgres import free_port
 
@@ -105,42 +105,30 @@ def test_rotation_under_load_fails_no_request_and_makes_few_calls(
     source = SecretsManagerSecret(secret_name, ttl=3600)
     calls = count_get_secret_value(source)
     settings_dict = db_user.settings(source, OPTIONS={"iamdb": {"retry_budget": 10}})
-    failures: list[BaseException] = []
-    requests = [0]
-    done = threading.Event()
-
-    def work() -> None:
-        while not done.is_set():
-            wrapper = make_wrapper(settings_dict)
-            try:
-                assert whoami(wrapper) == db_user.name
-                requests[0] += 1
-            except BaseException as exc:
-                failures.append(exc)
-            finally:
-                wrapper.close()
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
     rotations = 4
-    try:
+
+    def request() -> None:
+        wrapper = make_wrapper(settings_dict)
+        try:
+            assert whoami(wrapper) == db_user.name
+        finally:
+            wrapper.close()
+
+    def rotate_repeatedly() -> None:
         for _ in range(rotations):
             time.sleep(0.7)
             new = db_user.rotate()
             time.sleep(0.4)  # the secret lags behind the server
             admin.put_secret_value(SecretId=secret_name, SecretString=rds_secret(db_user, new))
         time.sleep(0.7)
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join()
+
+    requests, failures = run_load(request, threads=4, seconds=60, during=rotate_repeatedly)
     assert failures == []
-    assert requests[0] > 50
+    assert requests > 50
     # A few calls per rotation (the first read, then a handful while the secret lags),
     # never one per request or per thread.
-    print(f"rotations={rotations} requests={requests[0]} GetSecretValue={calls[0]}")
-    assert calls[0] <= 1 + rotations * 8, (calls[0], requests[0])
+    print(f"rotations={rotations} requests={requests} GetSecretValue={calls[0]}")
+    assert calls[0] <= 1 + rotations * 8, (calls[0], requests)
 
 
 @pytest.mark.parametrize("vendor", ["postgresql", "mysql"])
