@@ -258,9 +258,19 @@ class CredentialsWrapperMixin:
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
         params.pop(OPTIONS_KEY, None)
-        # Django calls get_new_connection() with these params next, in this thread.
-        self._iamdb_credential = self.iamdb.apply(params)
+        if self.iamdb_pooled():
+            # The pool asks for the credential itself, for each connection it opens;
+            # what Django put here is the source object from the settings.
+            params.pop("password", None)
+            self._iamdb_credential = None
+        else:
+            # Django calls get_new_connection() with these params next, in this thread.
+            self._iamdb_credential = self.iamdb.apply(params)
         return params
+
+    def iamdb_pooled(self) -> bool:
+        """Whether connections come from a pool that resolves credentials itself."""
+        return False
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         binding = self.iamdb

@@ -170,3 +170,28 @@ def test_wrong_password_everywhere_is_refused_quickly(db_user: DbUser) -> None:
 
     with pytest.raises(OperationalError):
         wrapper.ensure_connection()
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="Django's pool exists from 5.1")
+@pytest.mark.parametrize("vendor", ["postgresql"])
+def test_pool_asks_for_credentials_only_when_it_opens_connections(db_user: DbUser) -> None:
+    calls = []
+
+    def password() -> str:
+        calls.append(1)
+        return db_user.password
+
+    settings_dict = db_user.settings(
+        password, OPTIONS={"pool": {"min_size": 1, "max_size": 2, "timeout": 10}}
+    )
+    alias = f"pool_{new_password()[-8:]}"
+    wrapper = make_wrapper(settings_dict, alias=alias)
+    try:
+        for _ in range(20):  # 20 requests reuse the pool's connection
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            wrapper.close()
+        opened = wrapper.pool.get_stats()["connections_num"]
+    finally:
+        wrapper.close_pool()
+    assert 1 <= len(calls) == opened < 20

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
@@ -13,6 +14,7 @@ from .._shared import Binding, CredentialsWrapperMixin
 from .client import DatabaseClient
 
 Database: Any = base.Database  # type: ignore[attr-defined]  # psycopg or psycopg2
+_HAS_POOL = hasattr(base.DatabaseWrapper, "pool")  # Django 5.1+
 
 # What PostgreSQL says when it refuses a password (RDS IAM gives the PAM one).
 _REFUSED_LOGIN = ("password authentication failed for user", "PAM authentication failed for user")
@@ -59,18 +61,25 @@ class DatabaseWrapper(CredentialsWrapperMixin, base.DatabaseWrapper):
     def iamdb_login_refused(self, exc: BaseException) -> bool:
         return login_refused(exc)
 
+    def iamdb_pooled(self) -> bool:
+        # Not self.pool: Django's pool property calls get_connection_params().
+        return (
+            _HAS_POOL
+            and self.alias != NO_DB_ALIAS
+            and bool(self.settings_dict["OPTIONS"].get("pool"))
+            and self.iamdb.source is not None
+        )
+
     @property
     def pool(self) -> Any:
         pool = getattr(super(), "pool", None)  # Django 4.2 has no pool
         if pool is not None and not issubclass(pool.connection_class, _PoolConnectionMixin):
             binding = self.iamdb
             if binding.source is not None:
-                # Django built the pool with the parameters of one moment; from now
-                # on every connection the pool opens asks for the current credential.
-                # The pool is not open yet: Django opens it after this property.
+                # Django built the pool from get_connection_params(), which left the
+                # credential out; every connection the pool opens asks for the current
+                # one. The pool is not open yet: Django opens it after this property.
                 pool.connection_class = pool_connection_class(pool.connection_class, binding)
-                if isinstance(pool.kwargs, dict):
-                    pool.kwargs = {k: v for k, v in pool.kwargs.items() if k != "password"}
         return pool
 
     def _configure_role(self, connection: Any) -> bool:
