@@ -19,6 +19,7 @@ from typing import Any
 
 from tests.services.mysql import MysqlAdmin
 from tests.services.postgres import free_port
+from tests.services.process import stop_process
 from tests.services.tls import TestCA
 
 
@@ -102,13 +103,7 @@ class PrivateMariadb(MysqlAdmin):
         return self
 
     def stop(self, *, keep_files: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=30)
         if not keep_files:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.services.postgres import free_port
+from tests.services.process import stop_process
 
 
 def _moto_command() -> list[str]:
@@ -51,13 +52,7 @@ class MotoServer:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def environ(self) -> dict[str, str]:
         """What points boto3 (and so iamdb) at this server."""

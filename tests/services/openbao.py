@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.services.postgres import free_port
+from tests.services.process import stop_process
 
 # A PostgreSQL group role that owns the application's tables: every dynamic
 # user is a member and Django switches to it with OPTIONS["assume_role"].
@@ -118,13 +119,7 @@ class OpenBao:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         self.process = None
         if self._log is not None:
             self._log.close()
