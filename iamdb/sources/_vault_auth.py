@@ -2,8 +2,8 @@
 
 An auth method either hands over a token (:class:`TokenAuth`) or logs in and
 gets a new one (:class:`AppRoleAuth`, :class:`KubernetesAuth`). Only the
-latter can replace a token that expired or reached its maximum TTL. None of
-them shows a secret in its ``repr``.
+latter can replace a token that expired, reached its maximum TTL or was
+refused. None of them shows a secret in its ``repr``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import ConfigurationError
+
 #: Where Kubernetes mounts a pod's service account token.
 KUBERNETES_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def check_str(cls: str, name: str, value: object, allowed: str, *, secret: bool = False) -> None:
+    """Raise ConfigurationError unless ``value`` is a non-empty str. The message names
+    the class, the argument and what is allowed; a ``secret`` value is never shown."""
+    if isinstance(value, str) and value.strip():
+        return
+    if isinstance(value, str):
+        got = "an empty string" if not value else "only whitespace"
+    else:
+        got = type(value).__name__
+    if not secret and isinstance(value, str):
+        got = f"{got} ({value!r})" if value else got
+    raise ConfigurationError(f"{cls}: {name} must be a non-empty str ({allowed}), not {got}")
 
 
 class VaultAuth:
@@ -46,6 +62,8 @@ class TokenAuth(VaultAuth):
     can_login: ClassVar[bool] = False
 
     def __init__(self, token: str | None = None) -> None:
+        if token is not None:
+            check_str("TokenAuth", "token", token, "a Vault token, or None to read VAULT_TOKEN", secret=True)
         self._token = token
 
     def initial_token(self) -> str | None:
@@ -71,9 +89,19 @@ class AppRoleAuth(VaultAuth):
     """AppRole: ``role_id`` and ``secret_id`` exchanged for a token at ``auth/<mount_point>/login``."""
 
     def __init__(self, role_id: str, secret_id: str | None = None, *, mount_point: str = "approle") -> None:
+        check_str("AppRoleAuth", "role_id", role_id, "the AppRole's role id")
+        if secret_id is not None:
+            check_str(
+                "AppRoleAuth",
+                "secret_id",
+                secret_id,
+                "a secret id, or None for a role without one",
+                secret=True,
+            )
+        check_str("AppRoleAuth", "mount_point", mount_point, "where the AppRole method is mounted")
         self.role_id = role_id
         self._secret_id = secret_id
-        self.mount_point = mount_point
+        self.mount_point = mount_point.strip("/")
 
     def login(self, client: Any) -> Mapping[str, Any]:
         response = client.auth.approle.login(
@@ -92,9 +120,12 @@ class KubernetesAuth(VaultAuth):
     def __init__(
         self, role: str, *, jwt_path: str = KUBERNETES_JWT_PATH, mount_point: str = "kubernetes"
     ) -> None:
+        check_str("KubernetesAuth", "role", role, "the Vault role bound to the service account")
+        check_str("KubernetesAuth", "jwt_path", jwt_path, "the path of the service account token file")
+        check_str("KubernetesAuth", "mount_point", mount_point, "where the Kubernetes method is mounted")
         self.role = role
         self.jwt_path = jwt_path
-        self.mount_point = mount_point
+        self.mount_point = mount_point.strip("/")
 
     def login(self, client: Any) -> Mapping[str, Any]:
         jwt = Path(self.jwt_path).read_text().strip()

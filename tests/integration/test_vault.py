@@ -6,17 +6,24 @@ revocation and token expiry all happen within a test.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import django
 import pytest
 from django.db.utils import OperationalError
 
-from iamdb import CredentialError
-from iamdb.sources.vault import AppRoleAuth, TokenAuth, VaultDatabaseCredentials
+from iamdb import CredentialError, Target
+from iamdb.sources.vault import AppRoleAuth, TokenAuth, VaultCredential, VaultDatabaseCredentials
 from tests.conftest import make_wrapper
+from tests.fakeclock import FakeClock
 from tests.integration.vault_fixtures import (
+    HOUR_TTL,
     LONG_TTL,
     PG_OWNER,
     SHORT_MAX_TTL,
@@ -25,6 +32,7 @@ from tests.integration.vault_fixtures import (
     run_load,
     vault_lab,
 )
+from tests.services.faultproxy import FaultProxy
 
 __all__ = ["vault_lab"]  # the fixture, re-exported for pytest
 
@@ -449,29 +457,103 @@ def test_manage_py_test_with_vault_credentials(vault_lab: VaultLab, vendor: str,
     assert vault_lab.db_users(vendor) <= before
 
 
-def test_forked_child_gets_its_own_lease(vault_lab: VaultLab) -> None:
-    import os
-
-    source = source_for(vault_lab, "pg-long")
-    wrapper = make_wrapper(vault_lab.settings("postgresql", source), "vault_fork")
-    parent_user = who(wrapper)
-    wrapper.close()
+def run_in_child(child: Callable[[], int], *, timeout: float = 30.0) -> int:
+    """Fork; run ``child`` in the child and exit with its code; return that code.
+    A child still running after ``timeout`` seconds (hung on a lock) is killed."""
     pid = os.fork()
-    if pid == 0:  # the child: a new lease through a new client; the parent's is untouched
-        code = 1
+    if pid == 0:
+        code = 99
         try:
-            child = make_wrapper(vault_lab.settings("postgresql", source), "vault_fork")
-            user = who(child)
-            child.close()
-            code = (
-                0 if user.startswith("v-") and user != parent_user and source.stats.leases_issued == 1 else 2
-            )
+            code = child()
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child hung for {timeout:g} s")
+
+
+@contextlib.contextmanager
+def held(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread within the block (as when fork() happens mid-fetch)."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(5)
+
+
+def test_forked_child_keeps_the_lease_and_revokes_only_its_own(vault_lab: VaultLab) -> None:
+    """fork() while another thread holds the source's lock: the child does not hang,
+    keeps the cached credential and the lease behind it, and does not revoke the
+    parent's lease; its own new lease is its own to revoke."""
+    source = source_for(vault_lab, "pg-long")
+    settings_dict = vault_lab.settings("postgresql", source)
+    wrapper = make_wrapper(settings_dict, "vault_fork")
+    parent_user = who(wrapper)
+    wrapper.close()
+
+    def child() -> int:
+        wrapper = make_wrapper(settings_dict, "vault_fork")
+        if who(wrapper) != parent_user:
+            return 2
+        wrapper.close()
+        if source.revoke_leases() != 0 or parent_user not in vault_lab.db_users("postgresql"):
+            return 3  # the parent's lease is not the child's to revoke
+        source.invalidate()  # as after a refused login: a new lease, this process's own
+        wrapper = make_wrapper(settings_dict, "vault_fork")
+        user = who(wrapper)
+        wrapper.close()
+        if user == parent_user or source.stats.leases_issued != 1 or source.revoke_leases() != 1:
+            return 4
+        return 0
+
+    with held(source._lock):
+        code = run_in_child(child)
+    assert code == 0
     assert who(wrapper) == parent_user
     wrapper.close()
+    source.revoke_leases()
+
+
+def test_forked_child_with_a_given_client(vault_lab: VaultLab) -> None:
+    """A caller's hvac.Client in a forked child gets a new requests session (its
+    settings kept, not the parent's sockets or pool locks) and keeps working."""
+    import hvac
+
+    client = hvac.Client(url=vault_lab.bao.addr, token=vault_lab.bao.root_token, timeout=5)
+    client.adapter.session.headers["X-Test"] = "kept"
+    source = VaultDatabaseCredentials("pg-long", client=client)
+    target = Target(alias="vault_fork_client")
+    first = source.get_credentials(target)
+    parent_session = client.adapter.session
+    parent_session.iamdb_parent = True  # type: ignore[attr-defined]
+
+    def child() -> int:
+        session = client.adapter.session
+        if getattr(session, "iamdb_parent", False) or session.headers.get("X-Test") != "kept":
+            return 2
+        renewed = source.fetch(target)  # renews the inherited lease through the new session
+        return 0 if renewed.password == first.password and source.stats.leases_renewed == 1 else 3
+
+    with held(source._lock):
+        assert run_in_child(child) == 0
+    assert client.adapter.session is parent_session
     source.revoke_leases()
 
 
@@ -532,3 +614,198 @@ def test_sealed_vault_is_a_clear_error(vault_lab: VaultLab) -> None:
     message = str(info.value)
     assert "sealed" in message and "'vault_sealed'" in message and "'pg-long'" in message
     assert sealed.addr in message and "s.some-token" not in message
+
+
+# -- refused and revoked leases (each through Django's connection path) -------------------
+
+
+def test_refused_dynamic_user_is_replaced_by_a_new_lease(vault_lab: VaultLab, vendor: str) -> None:
+    """The database refuses the lease's password (changed behind Vault's back): the
+    next connection gets a new lease, and the refused one is revoked."""
+    source = source_for(vault_lab, f"{ROLE[vendor]}-long")
+    settings_dict = vault_lab.settings(vendor, source)
+    wrapper = make_wrapper(settings_dict, "vault_refused")
+    first = who(wrapper)
+    wrapper.close()
+    refused = source.cached(wrapper.iamdb.target)
+    assert isinstance(refused, VaultCredential) and refused.lease_id
+    vault_lab.refuse_user(vendor, first)
+    try:
+        wrapper = make_wrapper(settings_dict, "vault_refused")
+        wrapper.ensure_connection()
+        second = who(wrapper)
+        wrapper.close()
+        assert second.startswith("v-") and second != first
+        assert source.stats.leases_issued == 2
+        # Best effort, but here Vault is up: the refused lease is gone, its user dropped.
+        assert refused.lease_id.rsplit("/", 1)[-1] not in vault_lab.live_leases(f"{ROLE[vendor]}-long")
+        assert first not in vault_lab.db_users(vendor)
+    finally:
+        source.revoke_leases()
+
+
+def test_static_role_refused_is_read_again(vault_lab: VaultLab) -> None:
+    source = source_for(vault_lab, "pg-static", static=True)
+    settings_dict = vault_lab.settings("postgresql", source, OPTIONS={"iamdb": {"retry_budget": 8}})
+    wrapper = make_wrapper(settings_dict, "vault_static_refused")
+    assert who(wrapper) == "iamdb_vault_static"
+    wrapper.close()
+    reads = source.stats.static_reads
+    vault_lab.bao.write("database/rotate-role/pg-static")  # Vault rotates it now
+    wrapper.ensure_connection()  # the cached password is refused: read again, then connect
+    wrapper.close()
+    assert source.stats.static_reads > reads
+
+
+def test_revoked_lease_is_replaced(vault_lab: VaultLab, vendor: str) -> None:
+    """``bao lease revoke`` of the live lease: its sessions end, its user is dropped,
+    and the next connection gets a new lease."""
+    source = source_for(vault_lab, f"{ROLE[vendor]}-long")
+    wrapper = make_wrapper(vault_lab.settings(vendor, source), "vault_revoked")
+    first = who(wrapper)
+    credential = source.cached(wrapper.iamdb.target)
+    assert isinstance(credential, VaultCredential) and credential.lease_id
+    vault_lab.bao.client().sys.revoke_lease(credential.lease_id)
+    with pytest.raises(OperationalError):
+        who(wrapper)  # the revocation statements ended the session
+    wrapper.close()
+    try:
+        second = who(wrapper)
+        wrapper.close()
+        assert second.startswith("v-") and second != first
+        assert source.stats.leases_issued == 2
+    finally:
+        source.revoke_leases()
+
+
+# -- transient Vault errors ----------------------------------------------------------------
+
+
+def approle_auth(lab: VaultLab, *, token_ttl: str, token_max_ttl: str = "60s") -> AppRoleAuth:
+    client = lab.bao.client()
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    name = f"iamdb-{token_ttl}-{token_max_ttl}"
+    client.auth.approle.create_or_update_approle(
+        name, token_policies=["iamdb-app"], token_ttl=token_ttl, token_max_ttl=token_max_ttl
+    )
+    role_id = client.auth.approle.read_role_id(name)["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id(name)["data"]["secret_id"]
+    return AppRoleAuth(role_id, secret_id)
+
+
+def test_token_renewal_rate_limited_keeps_the_token_and_the_lease(
+    vault_lab: VaultLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """429 on renew-self is not a refusal: no new login, so no new lease (a new token
+    could not renew the live lease, and a new database user would be issued)."""
+    source = source_for(vault_lab, "pg-long", auth=approle_auth(vault_lab, token_ttl="5s"))
+    target = make_wrapper(vault_lab.settings("postgresql", source), "vault_429").iamdb.target
+    first = source.get_credentials(target)
+    assert source.stats.logins == 1 and source.stats.leases_issued == 1
+    vault_lab.bao.block_path("renew-self", "auth/token/renew-self")
+    try:
+        time.sleep(1.5)  # the token (5 s) is now in its renewal window (its last 4 s)
+        with caplog.at_level("INFO", logger="iamdb"):
+            again = source.fetch(target)  # what a refresh does
+    finally:
+        vault_lab.bao.unblock_path("renew-self")
+    assert "rate limit" in caplog.text  # renewal was tried, and why it failed is logged
+    assert source.stats.logins == 1  # not logged in again for a rate limit
+    assert source.stats.token_renewals == 0
+    assert source.stats.leases_issued == 1 and source.stats.leases_renewed == 1
+    assert again.password == first.password and again.username == first.username
+    source.revoke_leases()
+
+
+def test_no_secret_in_the_repr_of_any_internal_object(vault_lab: VaultLab) -> None:
+    auth = approle_auth(vault_lab, token_ttl="60s")
+    source = source_for(vault_lab, "pg-long", auth=auth)
+    credential = source.get_credentials(Target(alias="vault_repr"))
+    token = source._vault().token
+    secrets = [credential.password, token, auth._secret_id]
+    assert all(secrets)
+    seen: list[str] = []
+    for name, value in vars(source).items():
+        seen.append(f"{name}={value!r}")
+        if isinstance(value, dict):
+            seen.extend(repr(item) for item in value.values())
+    seen += [repr(source._lease), repr(source._token), repr(auth), repr(credential), repr(source)]
+    text = "\n".join(seen)
+    assert "_Lease(" in text and "_Token(" in text  # the objects that hold secrets were looked at
+    for secret in secrets:
+        assert secret not in text
+    source.revoke_leases()
+
+
+@pytest.mark.parametrize(
+    ("fault", "kwargs"),
+    [
+        ("http_error", {"status": 503}),
+        ("http_error", {"status": 500}),
+        ("http_error", {"status": 429}),
+        ("refuse", {}),
+        ("blackhole", {}),
+    ],
+)
+def test_transient_errors_never_cause_a_new_login(
+    vault_lab: VaultLab, fault: str, kwargs: dict[str, float]
+) -> None:
+    """A fault between the source and Vault while the token is due for renewal: no
+    new login (it would orphan the lease), the lease stays, and once Vault answers
+    again the same token and lease are renewed. Fake clock: the token (60 s) is in
+    its renewal window while, in real time, it and the lease (1 h) are young."""
+    clock = FakeClock(now=time.monotonic(), wall=time.time())
+    with FaultProxy(vault_lab.bao.port) as proxy:
+        auth = approle_auth(vault_lab, token_ttl="60s", token_max_ttl="1h")
+        source = VaultDatabaseCredentials("pg-hour", url=proxy.url, auth=auth, clock=clock, timeout=1)
+        target = Target(alias="vault_transient")
+        first = source.fetch(target)
+        clock.advance(45)
+        with proxy.fault(fault, **kwargs), pytest.raises(CredentialError) as info:
+            source.fetch(target)
+        message = str(info.value)
+        assert "renewing the lease" in message and "logging in" not in message
+        assert source.stats.logins == 1 and source.stats.token_renewal_failures == 1
+        again = source.fetch(target)  # Vault answers again
+        stats = source.stats
+        assert again.password == first.password and again.username == first.username
+        assert stats.logins == 1 and stats.leases_issued == 1
+        assert stats.token_renewals == 1 and stats.leases_renewed == 1
+        source.revoke_leases()
+
+
+def test_sessions_end_follows_the_lease_by_id(vault_lab: VaultLab) -> None:
+    clock = FakeClock(now=time.monotonic(), wall=time.time())
+    source = source_for(vault_lab, "pg-hour", clock=clock)
+    target = Target(alias="vault_sessions_end")
+    first = source.fetch(target)
+    assert isinstance(first, VaultCredential) and first.lease_id
+    start = clock.monotonic()
+    end = source.sessions_end(target, first)
+    assert end is not None and start + HOUR_TTL - 5 <= end <= start + HOUR_TTL
+    clock.advance(3000)  # in the renewal window: renewed for another hour
+    renewed = source.fetch(target)
+    assert renewed.password == first.password and source.stats.leases_renewed == 1
+    later = source.sessions_end(target, first)  # the first credential's sessions last longer now
+    assert later is not None and later >= clock.monotonic() + HOUR_TTL - 5
+    # A static role's sessions do not end; an unknown lease is not known.
+    assert source.sessions_end(target, VaultCredential(password="x", lease_id=None)) is None
+    assert source.sessions_end(target, VaultCredential(password="x", lease_id="database/creds/x/y")) is None
+    # Revoked by this source: its sessions end now.
+    source.revoke_leases()
+    assert source.sessions_end(target, first) == clock.monotonic()
+
+
+def test_lock_wait_is_bounded_by_the_deadline(vault_lab: VaultLab) -> None:
+    from iamdb.deadline import Deadline
+
+    source = source_for(vault_lab, "pg-long", timeout=30)
+    target = Target(alias="vault_lock")
+    with held(source._lock):
+        started = time.monotonic()
+        with pytest.raises(CredentialError) as info:
+            source.get_credentials(target, deadline=Deadline.after(0.2))
+        waited = time.monotonic() - started
+    assert waited < 5  # not 4 x timeout (120 s): the deadline's 0.2 s, floored at 0.5 s
+    assert "'vault_lock'" in str(info.value) and "'pg-long'" in str(info.value)

@@ -27,13 +27,14 @@ from tests.services.openbao import (
 )
 from tests.services.postgres import PrivatePostgres
 
-__all__ = ["PG_OWNER", "LoadResult", "VaultLab", "run_load", "vault_lab"]
+__all__ = ["HOUR_TTL", "PG_OWNER", "LoadResult", "VaultLab", "run_load", "vault_lab"]
 
 MYSQL_DB = "iamdb_vault"
 PG_STATIC_USER = "iamdb_vault_static"
 # Lease TTLs of a few seconds: renewal, max TTL and revocation within a test.
 SHORT_TTL, SHORT_MAX_TTL = 3, 8
 LONG_TTL, LONG_MAX_TTL = 6, 30
+HOUR_TTL = 3600
 APP_POLICY = """
 path "database/creds/*" { capabilities = ["read"] }
 path "database/static-creds/*" { capabilities = ["read"] }
@@ -72,6 +73,8 @@ class VaultLab:
                 f"{vendor}-short", db, creation, revocation, ttl=SHORT_TTL, max_ttl=SHORT_MAX_TTL
             )
             bao.dynamic_role(f"{vendor}-long", db, creation, revocation, ttl=LONG_TTL, max_ttl=LONG_MAX_TTL)
+            # For tests with a fake clock: the lease outlives the test in real time.
+            bao.dynamic_role(f"{vendor}-hour", db, creation, revocation, ttl=HOUR_TTL, max_ttl=2 * HOUR_TTL)
         bao.static_role("pg-static", "pg", PG_STATIC_USER, rotation_period=5)
         bao.policy("iamdb-app", APP_POLICY)
 
@@ -105,6 +108,14 @@ class VaultLab:
             out = self.pg.sql("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")
             return set(out.split()) if out else set()
         return {row[0] for row in self.mysql.sql("SELECT user FROM mysql.user WHERE user LIKE 'v-%'")}
+
+    def refuse_user(self, vendor: str, user: str) -> None:
+        """Change a Vault-made user's password behind Vault's back: the database refuses
+        the lease's password from now on (its open sessions stay)."""
+        if vendor == "postgresql":
+            self.pg.sql(f"ALTER ROLE \"{user}\" PASSWORD 'changed-behind-vault'")
+        else:
+            self.mysql.sql(f"ALTER USER '{user}'@'%' IDENTIFIED BY 'changed-behind-vault'")
 
     def drop_leftover_users(self) -> None:
         """Users whose leases Vault forgot (a restarted dev server keeps nothing)."""

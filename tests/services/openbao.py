@@ -11,6 +11,7 @@ for in ``IAMDB_TEST_BAO``, beside the running Python, then on PATH.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -222,6 +223,23 @@ class OpenBao:
         except hvac.exceptions.InvalidPath:
             return []
         return list(listed["data"]["keys"])
+
+    def block_path(self, name: str, path: str, *, seconds: int = 120) -> None:
+        """Make every request to ``path`` (e.g. ``auth/token/renew-self``) answer
+        "429 rate limit quota exceeded" for ``seconds``, with a real rate-limit quota:
+        one request is allowed per hour, and the first one over it blocks the path."""
+        import hvac
+
+        self.client().write_data(
+            f"sys/quotas/rate-limit/{name}",
+            data={"path": path, "rate": 1, "interval": "1h", "block_interval": f"{seconds}s"},
+        )
+        for _ in range(2):  # use up the allowance (the token does not matter to the quota)
+            with contextlib.suppress(hvac.exceptions.VaultError):
+                self.client("not-a-token").adapter.put(f"/v1/{path}")
+
+    def unblock_path(self, name: str) -> None:
+        self.client().delete(f"sys/quotas/rate-limit/{name}")
 
     def policy(self, name: str, rules: str) -> None:
         self.client().sys.create_or_update_policy(name=name, policy=rules)
