@@ -644,6 +644,27 @@ def test_refused_dynamic_user_is_replaced_by_a_new_lease(vault_lab: VaultLab, ve
         source.revoke_leases()
 
 
+def test_refused_lease_that_cannot_be_revoked_still_gets_replaced(
+    vault_lab: VaultLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Revoking the refused lease is best effort: a token without the policy for it
+    gets a warning in the log, and the connection is made with the new lease."""
+    token = vault_lab.bao.client().auth.token.create(policies=["iamdb-no-revoke"], ttl="60s")
+    source = source_for(vault_lab, "pg-long", auth=TokenAuth(token["auth"]["client_token"]))
+    settings_dict = vault_lab.settings("postgresql", source)
+    wrapper = make_wrapper(settings_dict, "vault_no_revoke")
+    first = who(wrapper)
+    wrapper.close()
+    vault_lab.refuse_user("postgresql", first)
+    with caplog.at_level("INFO", logger="iamdb"):
+        second = who(wrapper)
+    wrapper.close()
+    assert second != first and source.stats.leases_issued == 2 and source.stats.leases_revoked == 0
+    assert "could not revoke the lease of " + first in caplog.text
+    assert first in vault_lab.db_users("postgresql")  # left to Vault (its TTL)
+    vault_lab.bao.client().sys.revoke_prefix("database/creds/pg-long/")
+
+
 def test_static_role_refused_is_read_again(vault_lab: VaultLab) -> None:
     source = source_for(vault_lab, "pg-static", static=True)
     settings_dict = vault_lab.settings("postgresql", source, OPTIONS={"iamdb": {"retry_budget": 8}})
@@ -809,3 +830,39 @@ def test_lock_wait_is_bounded_by_the_deadline(vault_lab: VaultLab) -> None:
         waited = time.monotonic() - started
     assert waited < 5  # not 4 x timeout (120 s): the deadline's 0.2 s, floored at 0.5 s
     assert "'vault_lock'" in str(info.value) and "'pg-long'" in str(info.value)
+
+
+def test_a_wall_clock_step_changes_no_lease(vault_lab: VaultLab) -> None:
+    """Lease and token ends are kept on the monotonic clock: the wall clock jumping
+    two hours ahead (past the lease's hour) does not make the lease look ended. Only
+    the credential's wall-clock fields follow the wall clock."""
+    clock = FakeClock(now=time.monotonic(), wall=time.time())
+    source = source_for(vault_lab, "pg-hour", clock=clock)
+    target = Target(alias="vault_wall_step")
+    first = source.fetch(target)
+    end = source.sessions_end(target, first)
+    clock.step_wall(2 * HOUR_TTL)
+    again = source.fetch(target)
+    assert again.password == first.password
+    assert source.stats.leases_issued == 1 and source.stats.leases_renewed == 1
+    assert again.expires_at is not None and again.expires_at >= clock.time() + HOUR_TTL - 5
+    assert source.sessions_end(target, first) == pytest.approx(end, abs=5)
+    source.revoke_leases()
+
+
+def test_vault_requests_end_at_the_connection_deadline(vault_lab: VaultLab) -> None:
+    """A Vault that does not answer: the request's timeout is the deadline's
+    remaining time (1 s here), not the source's ``timeout`` (30 s)."""
+    from iamdb.deadline import Deadline
+
+    with FaultProxy(vault_lab.bao.port) as proxy:
+        source = VaultDatabaseCredentials(
+            "pg-long", url=proxy.url, auth=TokenAuth(vault_lab.bao.root_token), timeout=30
+        )
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(CredentialError) as info:
+            source.get_credentials(Target(alias="vault_deadline"), deadline=Deadline.after(1.0))
+        waited = time.monotonic() - started
+    assert waited < 1.0 + 3  # the budget and some slack, far from 30 s
+    assert "did not answer in time" in str(info.value) and "'vault_deadline'" in str(info.value)

@@ -77,6 +77,7 @@ class VaultLab:
             bao.dynamic_role(f"{vendor}-hour", db, creation, revocation, ttl=HOUR_TTL, max_ttl=2 * HOUR_TTL)
         bao.static_role("pg-static", "pg", PG_STATIC_USER, rotation_period=5)
         bao.policy("iamdb-app", APP_POLICY)
+        bao.policy("iamdb-no-revoke", APP_POLICY.replace("sys/leases/revoke", "sys/leases/no-revoke"))
 
     def settings(self, vendor: str, source: Any, **extra: Any) -> dict[str, Any]:
         """A DATABASES entry whose USER and PASSWORD come from ``source``."""

@@ -7,13 +7,14 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from iamdb import CredentialError, Target
+from iamdb import ConfigurationError, CredentialError, Target
 from iamdb.sources import VaultDatabaseCredentials
-from iamdb.sources.vault import AppRoleAuth, KubernetesAuth, TokenAuth
+from iamdb.sources.vault import AppRoleAuth, KubernetesAuth, TokenAuth, _Lease, _Read, _Token
 
 TOKEN = "s.unit-test-token-value"
 
@@ -36,18 +37,94 @@ def test_importing_without_hvac_names_the_extra() -> None:
     assert 'pip install "iamdb[vault]"' in result.stdout
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "argument"),
     [
-        ({"role": ""}, "needs a role name"),
-        ({"role": "app", "mount_point": ""}, "mount_point"),
-        ({"role": "app", "timeout": 0}, "timeout"),
-        ({"role": "app", "auth": "token"}, "auth must be"),
+        ({"role": ""}, "role"),
+        ({"role": "  "}, "role"),
+        ({"role": 7}, "role"),
+        ({"role": None}, "role"),
+        ({"role": "/"}, "role"),
+        ({"mount_point": ""}, "mount_point"),
+        ({"mount_point": b"database"}, "mount_point"),
+        ({"static": "yes"}, "static"),
+        ({"static": 1}, "static"),
+        ({"revoke_at_exit": "no"}, "revoke_at_exit"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"timeout": NAN}, "timeout"),
+        ({"timeout": INF}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"timeout": "5"}, "timeout"),
+        ({"auth": "token"}, "auth"),
+        ({"client": "http://127.0.0.1:8200"}, "client"),
+        ({"url": ""}, "url"),
+        ({"url": "127.0.0.1:8200"}, "url"),
+        ({"url": 8200}, "url"),
+        ({"namespace": ""}, "namespace"),
+        ({"namespace": 3}, "namespace"),
+        ({"verify": ""}, "verify"),
+        ({"verify": 1}, "verify"),
+        ({"refresh": {"advisory": 0.5}}, "refresh"),
+        ({"clock": lambda: 0.0}, "clock"),
     ],
 )
-def test_bad_arguments_are_improperly_configured(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ImproperlyConfigured, match=message):
+def test_every_bad_argument_names_class_argument_and_what_is_allowed(
+    kwargs: dict[str, object], argument: str
+) -> None:
+    kwargs = {"role": "app", "url": "http://127.0.0.1:1", **kwargs}
+    with pytest.raises(ConfigurationError) as info:
         VaultDatabaseCredentials(**kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith("VaultDatabaseCredentials: ") and argument in message
+    assert " must " in message  # says what is allowed
+
+
+def test_vault_addr_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAULT_ADDR", "vault.example.test:8200")
+    with pytest.raises(ConfigurationError, match="VaultDatabaseCredentials: VAULT_ADDR must be"):
+        VaultDatabaseCredentials("app")
+
+
+@pytest.mark.parametrize(
+    ("make", "cls", "argument"),
+    [
+        (lambda: TokenAuth(""), "TokenAuth", "token"),
+        (lambda: TokenAuth(123), "TokenAuth", "token"),
+        (lambda: AppRoleAuth(""), "AppRoleAuth", "role_id"),
+        (lambda: AppRoleAuth(None), "AppRoleAuth", "role_id"),
+        (lambda: AppRoleAuth("role-id", ""), "AppRoleAuth", "secret_id"),
+        (lambda: AppRoleAuth("role-id", 42), "AppRoleAuth", "secret_id"),
+        (lambda: AppRoleAuth("role-id", "s", mount_point=""), "AppRoleAuth", "mount_point"),
+        (lambda: KubernetesAuth(""), "KubernetesAuth", "role"),
+        (lambda: KubernetesAuth("web", jwt_path=""), "KubernetesAuth", "jwt_path"),
+        (lambda: KubernetesAuth("web", mount_point=None), "KubernetesAuth", "mount_point"),
+    ],
+)
+def test_bad_auth_arguments(make: Callable[[], object], cls: str, argument: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    assert str(info.value).startswith(f"{cls}: {argument} must be a non-empty str")
+
+
+def test_a_secret_argument_is_never_echoed() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AppRoleAuth("role-id", "   ")
+    assert "only whitespace" in str(info.value) and "'   '" not in str(info.value)
+
+
+def test_internal_objects_hide_their_secrets() -> None:
+    token = _Token("s.token-value-1", generation=3, ends=1000.0, renewable=True, ttl=60)
+    lease = _Lease("database/creds/app/abc", "v-app-1", "lease-password-1", 60, True, 1060.0, token)
+    read = _Read("v-app-1", "lease-password-1", "database/creds/app/abc", 60, True, 0)
+    auth = AppRoleAuth("role-id", "secret-id-1")
+    for obj in (token, lease, read, auth, TokenAuth("s.token-value-1")):
+        text = repr(obj) + str(obj)
+        assert "s.token-value-1" not in text and "lease-password-1" not in text and "secret-id-1" not in text
+    assert "v-app-1" in repr(lease) and "generation=3" in repr(token)  # what is not secret stays visible
 
 
 def test_client_and_url_together_are_refused() -> None:
@@ -86,6 +163,7 @@ def test_no_secret_in_repr_or_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TOKEN.encode() not in pickle.dumps(sources[0])
     copy = pickle.loads(pickle.dumps(sources[1]))
     assert copy.role == "app" and copy._client is None and copy._token is None and copy.stats.logins == 0
+    assert copy._leases == {} and copy._lease is None
 
 
 def test_kubernetes_jwt_file_missing_is_a_clear_error(tmp_path: object) -> None:
