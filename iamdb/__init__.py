@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .credentials import Credential, CredentialSource, Target
+from .credentials import CredentialSource
 from .engine import RefreshPolicy
 from .errors import ConfigurationError, CredentialError, IamdbError, MissingDependencyError
+from .values import Credential, Target
 
 __version__ = "0.1.0.dev0"
 

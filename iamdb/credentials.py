@@ -1,92 +1,25 @@
-"""The credential value, the connection target, and the interface every source implements."""
+"""The interface every source implements, and the shared machinery behind it.
+
+``Credential`` and ``Target`` live in :mod:`iamdb.values` and are re-exported here.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import weakref
-from collections.abc import Hashable, Mapping
-from types import MappingProxyType
+from collections.abc import Hashable
 from typing import Any, ClassVar, TypeVar
 
-from .engine import Clock, CredentialCache, RefreshPolicy, wall_clock
-from .errors import ConfigurationError, CredentialError, IamdbError, describe
+from .clock import SYSTEM_CLOCK, Clock, to_monotonic
+from .deadline import Deadline
+from .engine import CredentialCache, RefreshPolicy
+from .errors import ConfigurationError, CredentialError, IamdbError, describe, secret_free
+from .values import Credential, Target
+
+__all__ = ["Credential", "CredentialSource", "Target", "as_source"]
 
 logger = logging.getLogger("iamdb")
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-@dataclasses.dataclass(frozen=True, repr=False, eq=False)
-class Credential:
-    """An immutable user name and password, with what is known of their lifetime.
-
-    Times are wall-clock seconds since the epoch (``time.time()``).
-
-    - ``expires_at``: logins with this credential fail afterwards (an IAM token,
-      the end of a Vault lease). iamdb never hands it out past that moment.
-    - ``refresh_after``: a fresh copy should be fetched from then on, although
-      this one still works (a rotating secret that is re-read every few minutes).
-    - ``sessions_end_at``: connections opened with it are ended by the server
-      then (a revoked Vault lease); iamdb retires them before that moment.
-
-    ``repr()`` and ``str()`` never show the password.
-    """
-
-    password: str
-    username: str | None = None
-    expires_at: float | None = None
-    refresh_after: float | None = None
-    sessions_end_at: float | None = None
-    issued_at: float | None = None
-
-    def __repr__(self) -> str:
-        parts = [f"username={self.username!r}", "password='***'"]
-        for name in ("expires_at", "refresh_after", "sessions_end_at"):
-            value = getattr(self, name)
-            if value is not None:
-                parts.append(f"{name}={value:.0f}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-    __str__ = __repr__
-
-    def replace(self, **changes: Any) -> Credential:
-        """A copy with some fields changed (the value itself never changes)."""
-        return dataclasses.replace(self, **changes)
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Where a credential is used: one database entry of ``settings.DATABASES``.
-
-    Sources that sign for a host (RDS IAM) read ``host``, ``port`` and ``user``;
-    the others ignore it. ``options`` is a read-only view of ``OPTIONS``.
-    """
-
-    alias: str = "default"
-    vendor: str = ""
-    host: str = ""
-    port: int | None = None
-    user: str = ""
-    name: str = ""
-    options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY, compare=False, hash=False)
-
-    @classmethod
-    def from_settings(
-        cls, settings_dict: Mapping[str, Any], *, alias: str = "default", vendor: str = ""
-    ) -> Target:
-        port = settings_dict.get("PORT") or None
-        user = settings_dict.get("USER") or ""
-        return cls(
-            alias=alias,
-            vendor=vendor,
-            host=str(settings_dict.get("HOST") or ""),
-            port=int(port) if port else None,
-            user=user if isinstance(user, str) else "",
-            name=str(settings_dict.get("NAME") or ""),
-            options=MappingProxyType(dict(settings_dict.get("OPTIONS") or {})),
-        )
 
 
 S = TypeVar("S", bound="CredentialSource")
@@ -97,7 +30,7 @@ _live_sources: weakref.WeakSet[CredentialSource] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for source in list(_live_sources):
-        source._reset_transient_state()
+        source._after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -114,29 +47,46 @@ class CredentialSource:
     - :meth:`get_credentials` / :meth:`get_password` return a cached credential,
       refreshed ahead of its expiry, with one fetch at a time per cache key;
     - :meth:`invalidate` drops a credential the server refused;
+    - :meth:`sessions_end` tells when connections made with a credential end;
     - instances are always truthy, ``repr`` shows no secret, ``copy.deepcopy``
       returns the same object, and pickling drops locks, SDK clients and
       cached secrets (they are re-created on first use). After ``fork()`` the
-      child re-creates its locks and SDK clients.
+      child keeps the cached credentials and re-creates its locks and SDK clients.
     """
 
     #: Whether the source issues the user name too (Vault, Secrets Manager).
     issues_username: ClassVar[bool] = False
+    #: Whether every fetch makes a new token (RDS IAM): a refused login is then
+    #: retried once, not for the whole retry budget (a wrong policy fails fast).
+    token_per_fetch: ClassVar[bool] = False
     #: Attributes that are never pickled and are re-created after fork().
     _transient: ClassVar[tuple[str, ...]] = ("_cache",)
 
     _cache: CredentialCache
 
     def __init__(self, *, refresh: RefreshPolicy | None = None, clock: Clock | None = None) -> None:
+        name = type(self).__name__
+        if refresh is not None and not isinstance(refresh, RefreshPolicy):
+            raise ConfigurationError(
+                f"{name}: refresh must be an iamdb.RefreshPolicy, not {type(refresh).__name__}"
+            )
+        if clock is not None and not all(
+            callable(getattr(clock, m, None)) for m in ("monotonic", "time", "sleep")
+        ):
+            raise ConfigurationError(
+                f"{name}: clock must be an iamdb.clock.Clock (monotonic(), time() and sleep()), "
+                f"not {type(clock).__name__}"
+            )
         self._refresh_policy = refresh or RefreshPolicy()
-        self._clock: Clock = clock or wall_clock
+        self._clock: Clock = clock or SYSTEM_CLOCK
         self._reset_transient_state()
         _live_sources.add(self)
 
     # -- what a subclass provides ------------------------------------------------
 
     def fetch(self, target: Target) -> Credential:
-        """Obtain a new credential for ``target``. Called by the cache, never concurrently per key."""
+        """Obtain a new credential for ``target``. Called by the cache, never concurrently
+        per key, within the caller's deadline (:func:`iamdb.deadline.current`)."""
         raise NotImplementedError
 
     def cache_key(self, target: Target) -> Hashable:
@@ -154,18 +104,23 @@ class CredentialSource:
         return f"{type(self).__name__}()"
 
     def _new_transient_state(self) -> None:
-        """Re-create SDK clients and similar state (after unpickling or fork)."""
+        """Re-create SDK clients and similar state (at init, after unpickling and after fork)."""
 
     # -- the shared machinery ----------------------------------------------------
 
-    def get_credentials(self, target: Target | None = None) -> Credential:
-        """The current credential for ``target``: cached, refreshed ahead of expiry."""
-        target = target or Target()
-        return self._cache.get(self.cache_key(target), lambda: self._checked_fetch(target))
+    def get_credentials(
+        self, target: Target | None = None, *, deadline: Deadline | None = None
+    ) -> Credential:
+        """The current credential for ``target``: cached, refreshed ahead of expiry.
 
-    def get_password(self, target: Target | None = None) -> str:
+        A caller that must wait for a fetch waits until ``deadline`` at most.
+        """
+        target = target or Target()
+        return self._cache.get(self.cache_key(target), lambda: self._checked_fetch(target), deadline)
+
+    def get_password(self, target: Target | None = None, *, deadline: Deadline | None = None) -> str:
         """The current password for ``target``."""
-        return self.get_credentials(target).password
+        return self.get_credentials(target, deadline=deadline).password
 
     def invalidate(self, target: Target | None = None, *, password: str | None = None) -> None:
         """Forget the cached credential for ``target`` (after the server refused it).
@@ -179,30 +134,61 @@ class CredentialSource:
         """The cached credential for ``target``, if any, without fetching."""
         return self._cache.peek(self.cache_key(target or Target()))
 
+    def failing(self, target: Target | None = None) -> IamdbError | None:
+        """The error of the last fetch while nothing usable is cached and the next
+        fetch must wait (the failure backoff); None otherwise. Asks the source nothing."""
+        return self._cache.failing(self.cache_key(target or Target()))
+
+    def sessions_end(self, target: Target, credential: Credential) -> float | None:
+        """When database sessions opened with ``credential`` end, on this source's
+        monotonic clock, as far as the source knows now; None when they don't end,
+        or when the source no longer knows that credential.
+
+        By default: the ``sessions_end_at`` of the cached credential if it has the
+        same password (a renewed lease keeps it and ends later), converted to the
+        monotonic clock when it was fetched.
+        """
+        end = self._cache.sessions_end(self.cache_key(target), credential)
+        if end is None and credential.sessions_end_at is not None and self.cached(target) is None:
+            # Never cached (a callable without ttl): convert it now, just after the fetch.
+            return to_monotonic(self._clock, credential.sessions_end_at)
+        return end
+
     def _checked_fetch(self, target: Target) -> Credential:
         try:
             credential = self.fetch(target)
         except IamdbError:
             raise
         except Exception as exc:
+            # A custom source's own error: keep its type and message, not its frames.
+            logger.debug("iamdb: %s: fetch raised %s", self.describe(), describe(exc))
             raise CredentialError(
                 f"database {target.alias!r}: {self.describe()} could not get a credential: {describe(exc)}"
-            ) from exc
+            ) from secret_free(exc)
         if not isinstance(credential, Credential):
             raise ConfigurationError(
                 f"database {target.alias!r}: {self.describe()}.fetch() returned "
-                f"{type(credential).__name__}, not a Credential"
+                f"{type(credential).__name__}, not an iamdb.Credential"
             )
         if not isinstance(credential.password, str) or not credential.password:
             raise ConfigurationError(
                 f"database {target.alias!r}: {self.describe()} returned an empty or non-str password"
             )
+        if credential.username is not None and not isinstance(credential.username, str):
+            raise ConfigurationError(
+                f"database {target.alias!r}: {self.describe()} returned a non-str username "
+                f"({type(credential.username).__name__})"
+            )
         if credential.issued_at is None:
-            credential = credential.replace(issued_at=self._clock())
+            credential = credential.replace(issued_at=self._clock.time())
         return credential
 
     def _reset_transient_state(self) -> None:
         self._cache = CredentialCache(clock=self._clock, policy=self._refresh_policy, name=self.describe())
+        self._new_transient_state()
+
+    def _after_fork(self) -> None:
+        self._cache.after_fork()
         self._new_transient_state()
 
     def __getstate__(self) -> dict[str, Any]:

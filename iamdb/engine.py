@@ -2,46 +2,51 @@
 
 One :class:`CredentialCache` belongs to each source and holds one slot per
 cache key (for most sources a single slot; RDS IAM keys by host, port and
-user). A slot moves through three states, as botocore's refreshable
-credentials do:
+user). A slot's state is one immutable :class:`_State`, replaced as a whole,
+made of three parts that each live in one place:
 
-- *fresh*: the cached credential is returned without taking any lock;
-- *advisory*: the credential nears its end. One caller refreshes while the
-  others keep using the current credential; a failed refresh is logged and
-  tolerated;
-- *mandatory*: the credential is about to end, or was invalidated. Callers
-  wait for one refresh. If it fails and the current credential has not
-  ended yet, it is still returned; otherwise the error is raised.
+- :class:`Windows`: when the cached credential enters its advisory and
+  mandatory windows and when it stops being usable, on the monotonic clock
+  (a credential's wall-clock times are converted once, when it is stored);
+- :class:`Backoff`: failed fetches in a row, and when the next may start;
+- :class:`Refusals`: what the server refused, how many refusals in a row
+  found the same password, and when the next refetch may start.
 
-The windows scale with the credential's lifetime (see :class:`RefreshPolicy`).
-After a failed fetch, the next attempt waits a short, growing delay; callers
-arriving in the meantime get the still-valid credential, or the same error
-again, without a new fetch.
+From these, a slot is in one :class:`Phase`:
+
+- ``FRESH``: the cached credential is returned without taking any lock;
+- ``ADVISORY``: it nears its end. It is returned at once, and one refresh
+  runs in a background thread; a failed refresh is logged and never fails a
+  request;
+- ``MANDATORY``: it is about to end. Callers wait (until their deadline) for
+  one refresh; if that fails while the credential is still usable, it is
+  still returned, with the failure logged;
+- ``ENDED`` or ``EMPTY`` (never fetched, or invalidated after a refused
+  login): callers wait for one fetch, and get its error if it fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
+import math
 import threading
-import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from .errors import CredentialError, IamdbError, describe
+from .clock import SYSTEM_CLOCK, Clock, to_monotonic
+from .deadline import Deadline, scope
+from .errors import ConfigurationError, CredentialError, IamdbError, describe
 
 if TYPE_CHECKING:
-    from .credentials import Credential
+    from .values import Credential
+
+__all__ = ["Clock", "CredentialCache", "Phase", "RefreshPolicy"]
 
 logger = logging.getLogger("iamdb")
 
-
-class Clock(Protocol):
-    def __call__(self) -> float: ...
-
-
-def wall_clock() -> float:
-    return time.time()
+_INF = float("inf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +73,7 @@ class RefreshPolicy:
     credential invalidated this soon after it was fetched is fetched again
     only when that time has passed, and the spacing doubles (up to
     ``max_refetch_spacing``) while the source keeps returning the refused
-    password (a rotation whose new secret is not published yet). However many
-    connections are refused meanwhile, the source sees a few fetches per
-    rotation, not one per connection.
+    password (a rotation whose new secret is not published yet).
     """
 
     advisory: float = 0.25
@@ -82,8 +85,109 @@ class RefreshPolicy:
     max_refetch_spacing: float = 1.0
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigurationError(
+                    f"RefreshPolicy: {field.name} must be a finite number, not {value!r}"
+                )
+            if value < 0:
+                raise ConfigurationError(f"RefreshPolicy: {field.name} must be >= 0, not {value!r}")
         if not 0 <= self.mandatory <= self.advisory < 1:
-            raise ValueError("RefreshPolicy needs 0 <= mandatory <= advisory < 1")
+            raise ConfigurationError(
+                f"RefreshPolicy: needs 0 <= mandatory <= advisory < 1 "
+                f"(fractions of the lifetime), not mandatory={self.mandatory!r}, advisory={self.advisory!r}"
+            )
+        if self.failure_backoff > self.max_failure_backoff:
+            raise ConfigurationError("RefreshPolicy: failure_backoff must be <= max_failure_backoff")
+        if self.refetch_spacing > self.max_refetch_spacing:
+            raise ConfigurationError("RefreshPolicy: refetch_spacing must be <= max_refetch_spacing")
+
+
+class Phase(enum.Enum):
+    EMPTY = "empty"
+    FRESH = "fresh"
+    ADVISORY = "advisory"
+    MANDATORY = "mandatory"
+    ENDED = "ended"
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """A credential's windows on the monotonic clock (``-inf``: none cached)."""
+
+    advisory_at: float = -_INF
+    mandatory_at: float = -_INF
+    usable_until: float = -_INF
+    sessions_end: float | None = None
+    lifetime: float | None = None
+
+    @classmethod
+    def of(cls, credential: Credential, policy: RefreshPolicy, clock: Clock) -> Windows:
+        """Convert ``credential``'s wall-clock times to the monotonic clock, once."""
+        now = clock.monotonic()
+        wall_now = clock.time()
+
+        def mono(wall: float | None) -> float | None:
+            return None if wall is None else now + (wall - wall_now)
+
+        issued = mono(credential.issued_at)
+        issued = now if issued is None else min(issued, now)
+        end = mono(credential.expires_at)
+        refresh = mono(credential.refresh_after)
+        sessions_end = mono(credential.sessions_end_at)
+        if end is not None:
+            lifetime = max(end - issued, 0.0)
+            # A credential shorter-lived than the margin itself stays usable for a while.
+            usable_until = end - min(policy.safety_margin, policy.mandatory * lifetime)
+            mandatory_at = min(end - policy.mandatory * lifetime, usable_until)
+            advisory_at = min(end - policy.advisory * lifetime, mandatory_at)
+            if refresh is not None:
+                advisory_at = min(advisory_at, refresh)
+            return cls(advisory_at, mandatory_at, usable_until, sessions_end, lifetime)
+        if refresh is not None:
+            return cls(refresh, _INF, _INF, sessions_end, max(refresh - issued, 0.0))
+        return cls(_INF, _INF, _INF, sessions_end, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Failed fetches in a row, and when the next fetch may start."""
+
+    failures: int = 0
+    retry_at: float = -_INF
+    error: IamdbError | None = None
+
+    def waiting(self, now: float) -> bool:
+        return now < self.retry_at
+
+    def after_failure(
+        self, error: IamdbError, now: float, policy: RefreshPolicy, windows: Windows
+    ) -> Backoff:
+        failures = self.failures + 1
+        delay = min(policy.failure_backoff * 2 ** (failures - 1), policy.max_failure_backoff)
+        if windows.lifetime:
+            delay = min(delay, max(windows.lifetime / 20, 0.05))
+        return Backoff(failures, now + delay, error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusals:
+    """Refused logins: the refused credential, the streak, and when the next refetch may start."""
+
+    refused: Credential | None = None
+    streak: int = 0
+    not_before: float = -_INF
+
+    def after_refusal(self, credential: Credential, fetched_at: float, policy: RefreshPolicy) -> Refusals:
+        spacing = min(policy.refetch_spacing * 2**self.streak, policy.max_refetch_spacing)
+        return Refusals(credential, self.streak + 1, fetched_at + spacing)
+
+    def after_fetch(self, credential: Credential) -> Refusals:
+        """A new fetch: the streak goes on only while the source returns the refused password."""
+        if self.refused is not None and self.refused.password == credential.password:
+            return Refusals(streak=self.streak)
+        return Refusals()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,47 +195,69 @@ class _State:
     """One slot's state, replaced as a whole so that readers need no lock."""
 
     credential: Credential | None = None
-    advisory_at: float = float("-inf")
-    mandatory_at: float = float("-inf")
-    usable_until: float = float("-inf")
-    failures: int = 0
-    retry_at: float = float("-inf")
-    error: IamdbError | None = None
-    fetched_at: float = float("-inf")
-    # After invalidate(): the refused credential, how many refusals in a row
-    # found the same password, and when the next fetch may start.
-    refused: Credential | None = None
-    streak: int = 0
-    not_before: float = float("-inf")
+    windows: Windows = Windows()
+    backoff: Backoff = Backoff()
+    refusals: Refusals = Refusals()
+    fetched_at: float = -_INF
+
+    def phase(self, now: float) -> Phase:
+        if self.credential is None:
+            return Phase.EMPTY
+        if now < self.windows.advisory_at:
+            return Phase.FRESH
+        if now < self.windows.mandatory_at:
+            return Phase.ADVISORY
+        if now < self.windows.usable_until:
+            return Phase.MANDATORY
+        return Phase.ENDED
+
+    def usable(self, now: float) -> bool:
+        return self.credential is not None and now < self.windows.usable_until
 
 
 class _Slot:
-    __slots__ = ("fetch_lock", "state")
+    __slots__ = ("fetch_lock", "refreshing", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, state: _State | None = None) -> None:
         self.fetch_lock = threading.Lock()
-        self.state = _State()
+        self.state = state or _State()
+        self.refreshing = False
+
+
+def _start_thread(job: Callable[[], None]) -> None:
+    threading.Thread(target=job, name="iamdb-refresh", daemon=True).start()
 
 
 class CredentialCache:
-    """Caches the credentials of one source, one slot per cache key."""
+    """Caches the credentials of one source, one slot per cache key.
+
+    ``spawn`` runs a background refresh (by default in a new daemon thread);
+    tests pass one that runs it at once.
+    """
 
     def __init__(
         self,
         *,
-        clock: Clock,
-        policy: RefreshPolicy,
+        clock: Clock = SYSTEM_CLOCK,
+        policy: RefreshPolicy | None = None,
         name: str = "source",
-        sleep: Callable[[float], None] = time.sleep,
+        spawn: Callable[[Callable[[], None]], None] = _start_thread,
     ) -> None:
         self._clock = clock
-        self._sleep = sleep
-        self._policy = policy
+        self._policy = policy or RefreshPolicy()
         self._name = name
+        self._spawn = spawn
         self._slots: dict[Hashable, _Slot] = {}
         self._slots_lock = threading.Lock()
-        #: Number of fetches started, for tests and benchmarks.
+        #: Fetches started, and how many failed (for tests, benchmarks and monitoring).
         self.fetches = 0
+        self.failures = 0
+
+    def after_fork(self) -> None:
+        """In a forked child: new locks (a parent's thread may have held one at fork
+        time), no refresh under way; the cached credentials are kept."""
+        self._slots_lock = threading.Lock()
+        self._slots = {key: _Slot(slot.state) for key, slot in self._slots.items()}
 
     def _slot(self, key: Hashable) -> _Slot:
         slot = self._slots.get(key)
@@ -140,17 +266,46 @@ class CredentialCache:
                 slot = self._slots.setdefault(key, _Slot())
         return slot
 
+    # -- reading -----------------------------------------------------------------------
+
     def peek(self, key: Hashable) -> Credential | None:
         """The cached credential for ``key``, if any, without fetching."""
         slot = self._slots.get(key)
         return slot.state.credential if slot else None
 
-    def get(self, key: Hashable, fetch: Callable[[], Credential]) -> Credential:
+    def phase(self, key: Hashable) -> Phase:
+        slot = self._slots.get(key)
+        return slot.state.phase(self._clock.monotonic()) if slot else Phase.EMPTY
+
+    def failing(self, key: Hashable) -> IamdbError | None:
+        """The last fetch error while nothing usable is cached and the backoff runs; else None."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        state, now = slot.state, self._clock.monotonic()
+        if state.backoff.error is not None and state.backoff.waiting(now) and not state.usable(now):
+            return state.backoff.error
+        return None
+
+    def sessions_end(self, key: Hashable, credential: Credential) -> float | None:
+        """When sessions made with ``credential`` end (monotonic), if it is the cached one."""
+        slot = self._slots.get(key)
+        cached = slot.state.credential if slot else None
+        if slot is None or cached is None or cached.password != credential.password:
+            return None
+        return slot.state.windows.sessions_end
+
+    def get(
+        self, key: Hashable, fetch: Callable[[], Credential], deadline: Deadline | None = None
+    ) -> Credential:
         slot = self._slot(key)
         state = slot.state
-        if state.credential is not None and self._clock() < state.advisory_at:
-            return state.credential  # fresh: the hot path takes no lock
-        return self._refresh(slot, fetch)
+        credential = state.credential
+        if credential is not None and self._clock.monotonic() < state.windows.advisory_at:
+            return credential  # fresh: the hot path takes no lock
+        return self._get_slow(slot, fetch, deadline)
+
+    # -- changing ----------------------------------------------------------------------
 
     def invalidate(self, key: Hashable, *, password: str | None = None) -> None:
         slot = self._slots.get(key)
@@ -162,110 +317,124 @@ class CredentialCache:
                 return
             if password is not None and state.credential.password != password:
                 return  # already replaced by another thread's refresh
-            logger.info("iamdb: %s: cached credential invalidated", self._name)
-            spacing = min(self._policy.refetch_spacing * 2**state.streak, self._policy.max_refetch_spacing)
+            logger.info("iamdb: %s: cached credential invalidated (refused by the server)", self._name)
             slot.state = _State(
-                failures=state.failures,
-                retry_at=state.retry_at,
-                error=state.error,
+                backoff=state.backoff,
+                refusals=state.refusals.after_refusal(state.credential, state.fetched_at, self._policy),
                 fetched_at=state.fetched_at,
-                refused=state.credential,
-                streak=state.streak + 1,
-                not_before=state.fetched_at + spacing,
             )
 
-    def _refresh(self, slot: _Slot, fetch: Callable[[], Credential]) -> Credential:
-        now = self._clock()
+    def _get_slow(
+        self, slot: _Slot, fetch: Callable[[], Credential], deadline: Deadline | None
+    ) -> Credential:
+        now = self._clock.monotonic()
         state = slot.state
-        if state.credential is not None and now < state.mandatory_at:
-            # Advisory: whoever gets the lock refreshes; nobody waits.
-            if now >= state.retry_at and slot.fetch_lock.acquire(blocking=False):
-                try:
-                    if slot.state is state:
-                        self._fetch_into(slot, fetch, tolerate=True)
-                finally:
-                    slot.fetch_lock.release()
-            return slot.state.credential or state.credential
-        # Mandatory, invalidated or empty: wait for one fetch.
-        with slot.fetch_lock:
-            now = self._clock()
+        if state.phase(now) is Phase.ADVISORY:
+            self._refresh_in_background(slot, fetch, now)
+            assert state.credential is not None
+            return state.credential
+        deadline = deadline or Deadline.never(self._clock)
+        if not slot.fetch_lock.acquire(timeout=deadline.lock_timeout()):
+            state, now = slot.state, self._clock.monotonic()
+            if state.usable(now):
+                assert state.credential is not None
+                return state.credential
+            raise CredentialError(
+                f"{self._name}: no credential within the deadline (another thread's fetch is still running)"
+            )
+        try:
+            now = self._clock.monotonic()
             state = slot.state
-            if state.credential is not None and now < state.mandatory_at:
-                return state.credential  # another thread refreshed while we waited
-            usable = state.credential is not None and now < state.usable_until
-            if now < state.retry_at:
+            phase = state.phase(now)
+            if phase in (Phase.FRESH, Phase.ADVISORY):
+                assert state.credential is not None
+                return state.credential  # another thread fetched while this one waited
+            usable = state.usable(now)
+            if state.backoff.waiting(now):
                 if usable:
                     assert state.credential is not None
                     return state.credential
-                if state.error is not None:
-                    raise _again(state.error)
-            if state.credential is None and now < state.not_before:
-                self._sleep(min(state.not_before - now, self._policy.max_refetch_spacing))
-            return self._fetch_into(slot, fetch, tolerate=usable)
+                if state.backoff.error is not None:
+                    raise _again(state.backoff.error)
+            wait = state.refusals.not_before - now
+            if phase is Phase.EMPTY and wait > 0:
+                if wait >= deadline.remaining():
+                    raise CredentialError(
+                        f"{self._name}: the deadline ends before the next fetch may start "
+                        f"(refetches after refused logins are {wait:.2g} s apart now)"
+                    )
+                self._clock.sleep(wait)
+            return self._fetch_into(slot, fetch, deadline, tolerate=usable)
+        finally:
+            slot.fetch_lock.release()
 
-    def _fetch_into(self, slot: _Slot, fetch: Callable[[], Credential], *, tolerate: bool) -> Credential:
+    def _refresh_in_background(self, slot: _Slot, fetch: Callable[[], Credential], now: float) -> None:
+        with self._slots_lock:
+            if slot.refreshing or slot.state.backoff.waiting(now):
+                return
+            slot.refreshing = True
+
+        def refresh() -> None:
+            try:
+                if not slot.fetch_lock.acquire(blocking=False):
+                    return  # a caller in the mandatory window is fetching already
+                try:
+                    if slot.state.phase(self._clock.monotonic()) is Phase.ADVISORY:
+                        self._fetch_into(slot, fetch, None, tolerate=True)
+                finally:
+                    slot.fetch_lock.release()
+            except IamdbError:
+                pass  # nothing usable was cached any more: logged, and the next caller fetches
+            finally:
+                slot.refreshing = False
+
+        try:
+            self._spawn(refresh)
+        except RuntimeError:  # no new thread (interpreter shutting down): refresh later
+            slot.refreshing = False
+
+    def _fetch_into(
+        self, slot: _Slot, fetch: Callable[[], Credential], deadline: Deadline | None, *, tolerate: bool
+    ) -> Credential:
         """Fetch and store a credential. Called with ``slot.fetch_lock`` held."""
         old = slot.state
         self.fetches += 1
         try:
-            credential = fetch()
+            with scope(deadline):
+                credential = fetch()
         except IamdbError as exc:
-            error: IamdbError = exc
-        except Exception as exc:  # a source outside the iamdb base class
-            error = CredentialError(f"{self._name} could not get a credential: {describe(exc)}")
-            error.__cause__ = exc
+            error = exc
         else:
-            new = self._state_for(credential)
-            refused = old.refused
-            if refused is not None and refused.password == credential.password:
-                new = dataclasses.replace(new, streak=old.streak)  # still the refused one
+            new = _State(
+                credential=credential,
+                windows=Windows.of(credential, self._policy, self._clock),
+                refusals=old.refusals.after_fetch(credential),
+                fetched_at=self._clock.monotonic(),
+            )
             with self._slots_lock:
                 slot.state = new
             return credential
-        now = self._clock()
-        failures = old.failures + 1
-        delay = min(self._policy.failure_backoff * 2 ** (failures - 1), self._policy.max_failure_backoff)
-        if old.credential is not None and old.credential.issued_at is not None:
-            end = old.credential.expires_at or old.credential.refresh_after
-            if end is not None:
-                delay = min(delay, max((end - old.credential.issued_at) / 20, 0.05))
+        self.failures += 1
+        now = self._clock.monotonic()
         with self._slots_lock:
             # Only invalidate() can have changed the state meanwhile: keep its change.
-            slot.state = dataclasses.replace(slot.state, failures=failures, retry_at=now + delay, error=error)
-        if tolerate and old.credential is not None and error.retryable:
-            logger.warning(
-                "iamdb: %s: refresh failed, still using the current credential: %s",
+            current = slot.state
+            slot.state = dataclasses.replace(
+                current, backoff=current.backoff.after_failure(error, now, self._policy, old.windows)
+            )
+        if tolerate and old.usable(now):
+            left = old.windows.usable_until - now
+            level = logging.WARNING if error.retryable else logging.ERROR
+            logger.log(
+                level,
+                "iamdb: %s: refresh failed; still using the current credential (usable for %s more): %s",
                 self._name,
+                "ever" if left == _INF else f"{left:.0f} s",
                 describe(error),
             )
+            assert old.credential is not None
             return old.credential
         raise error
-
-    def _state_for(self, credential: Credential) -> _State:
-        policy = self._policy
-        now = self._clock()
-        issued = credential.issued_at if credential.issued_at is not None else now
-        if credential.expires_at is not None:
-            end = credential.expires_at
-            lifetime = max(end - issued, 0.0)
-            # A credential shorter-lived than the margin itself stays usable for a while.
-            usable_until = end - min(policy.safety_margin, policy.mandatory * lifetime)
-            mandatory_at = min(end - policy.mandatory * lifetime, usable_until)
-            advisory_at = min(end - policy.advisory * lifetime, mandatory_at)
-            if credential.refresh_after is not None:
-                advisory_at = min(advisory_at, credential.refresh_after)
-        elif credential.refresh_after is not None:
-            advisory_at = credential.refresh_after
-            mandatory_at = usable_until = float("inf")
-        else:
-            advisory_at = mandatory_at = usable_until = float("inf")
-        return _State(
-            credential=credential,
-            advisory_at=advisory_at,
-            mandatory_at=mandatory_at,
-            usable_until=usable_until,
-            fetched_at=now,
-        )
 
 
 def _again(error: IamdbError) -> IamdbError:
@@ -273,3 +442,8 @@ def _again(error: IamdbError) -> IamdbError:
     again = type(error)(*error.args)
     again.__cause__ = error.__cause__
     return again
+
+
+def monotonic_end(clock: Clock, wall: float | None) -> float | None:
+    """A wall-clock end converted to ``clock``'s monotonic time (None stays None)."""
+    return None if wall is None else to_monotonic(clock, wall)

@@ -3,8 +3,11 @@
 ``IamdbError`` is the root. Configuration mistakes are also
 ``django.core.exceptions.ImproperlyConfigured``; failures at connect time are
 also ``django.db.utils.OperationalError``, so code that already handles
-Django's errors keeps working. The original exception is always chained as
-``__cause__``. No message ever contains a secret.
+Django's errors keeps working. When iamdb translates another exception (an
+SDK's, a driver's, a user's callable's), that exception is chained as
+``__cause__``, without the stack frames beneath it (:func:`secret_free`): an
+SDK's frames hold tokens in their local variables, and Django's debug page
+prints every frame's locals. No message ever contains a secret.
 """
 
 from __future__ import annotations
@@ -40,3 +43,23 @@ def describe(exc: BaseException) -> str:
     first = text[0] if text else ""
     name = type(exc).__name__
     return f"{name}: {first}" if first else name
+
+
+def secret_free(exc: BaseException) -> BaseException:
+    """``exc`` without the stack frames it was raised through, along its whole chain.
+
+    The exception's type and message are kept (they name what failed); the
+    frames are not: an SDK's or a driver's frames hold passwords and tokens
+    in their local variables, and Django's technical 500 page shows them.
+    Use as ``raise CredentialError(...) from secret_free(exc)``.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending.extend((current.__cause__, current.__context__))
+    return exc

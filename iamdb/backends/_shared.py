@@ -1,17 +1,14 @@
-"""What both engines' backends share: resolving credentials, retrying refused logins,
-retiring connections before their credential ends, and resolved settings for the
-command-line clients.
+"""The glue between Django's backends and iamdb's credential policy, shared by both engines.
 
 Nothing here writes into ``settings_dict``: it is ``settings.DATABASES[alias]``
-itself, shared by every thread.
+itself, shared by every thread. The policy (retries, deadlines, retirement)
+lives in :mod:`iamdb.retry`; this module applies it on Django's paths.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import random
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,62 +16,34 @@ from typing import Any, TypeVar
 
 from django.db.backends.base.client import BaseDatabaseClient
 
-from ..credentials import Credential, CredentialSource, Target, as_source
-from ..errors import ConfigurationError
+from ..credentials import CredentialSource, as_source
+from ..deadline import Deadline
+from ..errors import ConfigurationError, secret_free
+from ..retry import OPTIONS_KEY, ConnectOptions, LoginRetry, retire_at, sessions_end
+from ..values import Credential, Target
+
+__all__ = ["OPTIONS_KEY", "Binding", "ConnectOptions", "CredentialsClientMixin", "CredentialsWrapperMixin"]
 
 logger = logging.getLogger("iamdb")
 
-#: The key in ``OPTIONS`` that holds iamdb's own settings; never reaches the driver.
-OPTIONS_KEY = "iamdb"
-
 C = TypeVar("C")
 
+#: Driver keywords whose values ``repr()`` of connection parameters hides.
+_SECRET_KEYS = frozenset({"password", "passwd", "sslpassword"})
 
-@dataclasses.dataclass(frozen=True)
-class ConnectOptions:
-    """iamdb's settings for one database, from ``OPTIONS["iamdb"]``.
 
-    - ``retry_budget``: seconds to keep retrying a refused login with fresh
-      credentials before giving up (0 disables retrying);
-    - ``retry_delay`` / ``max_retry_delay``: the first delay between attempts
-      after the immediate retry, doubled each time up to the maximum;
-    - ``retire_margin``: a connection whose credential ends its sessions (a
-      Vault lease) is closed at least this many seconds before that end, or
-      earlier when the lease is long (a tenth of its lifetime).
+class ConnectParams(dict[str, Any]):
+    """Driver connection parameters whose ``repr`` hides the password.
+
+    Django's debug page prints the local variables of every frame, among them
+    the ``conn_params`` of ``connect()`` and ``get_new_connection()``.
     """
 
-    retry_budget: float = 5.0
-    retry_delay: float = 0.05
-    max_retry_delay: float = 1.0
-    retire_margin: float = 5.0
+    def __repr__(self) -> str:
+        shown = {key: ("***" if key in _SECRET_KEYS else value) for key, value in self.items()}
+        return f"{dict.__repr__(shown)}"
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], alias: str) -> ConnectOptions:
-        raw = options.get(OPTIONS_KEY)
-        if raw is None:
-            return _DEFAULT_OPTIONS  # built once per wrapper: keep the common case cheap
-        if not isinstance(raw, Mapping):
-            raise ConfigurationError(
-                f"database {alias!r}: OPTIONS[{OPTIONS_KEY!r}] must be a dict, not {type(raw).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigurationError(
-                f"database {alias!r}: unknown OPTIONS[{OPTIONS_KEY!r}] key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        values: dict[str, float] = {}
-        for key, value in raw.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(
-                    f"database {alias!r}: OPTIONS[{OPTIONS_KEY!r}][{key!r}] must be a number >= 0"
-                )
-            values[key] = float(value)
-        return cls(**values)
-
-
-_DEFAULT_OPTIONS = ConnectOptions()
+    __str__ = __repr__
 
 
 class Binding:
@@ -99,9 +68,10 @@ class Binding:
         options: Mapping[str, Any] = settings_dict.get("OPTIONS") or {}
         self.options = ConnectOptions.from_options(options, alias)
         self.source: CredentialSource | None = as_source(settings_dict.get("PASSWORD"), alias=alias)
-        self.target = Target.from_settings(settings_dict, alias=alias, vendor=vendor)
         if self.source is None:
             return
+        self.target = Target.from_settings(settings_dict, alias=alias, vendor=vendor)
+        self.retry = LoginRetry(self.source, self.options, clock=self.source._clock)
         clash = [key for key in (*password_keys, *user_keys) if key in options]
         if clash:
             raise ConfigurationError(
@@ -110,96 +80,117 @@ class Binding:
             )
         if not self.target.user and not self.source.issues_username:
             raise ConfigurationError(
-                f"database {alias!r}: USER is empty and {self.source.describe()} does not issue a user name"
+                f"database {alias!r}: USER is empty and {self.source.describe()} does not issue a user "
+                "name: set USER"
             )
-        self.source.check_target(self.target)
+        self._targets = self._make_targets()
+        for target in self._targets:
+            self.source.check_target(target)
+
+    def _make_targets(self) -> list[Target]:
+        """The targets a connection attempt tries in turn: one per host of a multi-host
+        setting when every fetch signs for one host (a token source), else one."""
+        assert self.source is not None
+        if self.source.token_per_fetch and self.target.multi_host:
+            return [self.target.single(host, port) for host, port in self.target.endpoints]
+        return [self.target]
 
     # -- connections ------------------------------------------------------------------
 
-    def credential(self) -> Credential | None:
-        return None if self.source is None else self.source.get_credentials(self.target)
+    def deadline(self) -> Deadline | None:
+        """The deadline of a connection attempt starting now (None without a source)."""
+        return None if self.source is None else self.retry.deadline()
 
+    def credential(self, deadline: Deadline | None = None, target: Target | None = None) -> Credential | None:
+        if self.source is None:
+            return None
+        return self.source.get_credentials(target or self._targets[0], deadline=deadline)
+
+    @staticmethod
     def apply(
-        self, params: dict[str, Any], *, user_key: str = "user", password_key: str = "password"
-    ) -> Credential | None:
-        """Put the current user and password into driver connection parameters;
-        return the credential used (None with a plain string PASSWORD)."""
-        credential = self.credential()
-        if credential is not None:
-            params[password_key] = credential.password
-            if credential.username:
-                params[user_key] = credential.username
-        return credential
+        params: dict[str, Any],
+        credential: Credential | None,
+        *,
+        user_key: str = "user",
+        password_key: str = "password",
+    ) -> dict[str, Any]:
+        """``params`` with the credential's user and password in them (a copy)."""
+        if credential is None:
+            return params
+        applied = ConnectParams(params)
+        applied[password_key] = credential.password
+        if credential.username:
+            applied[user_key] = credential.username
+        return applied
 
     def connect(
         self,
         params: dict[str, Any],
         open_connection: Callable[[dict[str, Any]], C],
         refused: Callable[[BaseException], bool],
-        credential: Credential | None,
-        *,
-        user_key: str = "user",
-        password_key: str = "password",
+        deadline: Deadline | None = None,
+        credential: Credential | None = None,
     ) -> tuple[C, Credential | None]:
-        """Open a connection with ``params``, which carry ``credential`` (as
-        :meth:`apply` put it there); return the connection and the credential used.
+        """Open a connection with ``params`` and the current credential (``credential``
+        if given, fetched for the first target), retrying refused logins within the
+        deadline; return the connection and the credential it used.
 
-        When the login is refused, fetch a new
-        credential and try again until ``retry_budget`` is spent.
-
-        Only a refused login is retried; any other error is raised at once. The
-        first retry is immediate (the credential was just invalidated), then
-        with a growing, jittered delay.
+        With a token source and a multi-host setting, each host is tried in turn
+        with a token signed for it. A driver error raised from here carries no
+        frames of the driver (whose locals hold the password).
         """
         if self.source is None:
             return open_connection(params), None
-        deadline = time.monotonic() + self.options.retry_budget
-        delay = 0.0
-        attempt = 1
-        while True:
+        deadline = deadline or self.retry.deadline()
+        targets = self._targets
+        last: BaseException | None = None
+        for index, target in enumerate(targets):
+            narrowed = params
+            if len(targets) > 1:
+                narrowed = ConnectParams(params, host=target.host)
+                narrowed.pop("port", None)
+                if target.port is not None:
+                    narrowed["port"] = target.port
+            if credential is None or index > 0:
+                credential = self.source.get_credentials(target, deadline=deadline)
+
+            def open_with(cred: Credential, base: dict[str, Any] = narrowed) -> C:
+                return open_connection(self.apply(base, cred))
+
             try:
-                return open_connection(params), credential
+                return self.retry.run(target, open_with, refused, credential, deadline)
             except Exception as exc:
-                if not refused(exc):
-                    raise
-                self.source.invalidate(self.target, password=params.get(password_key))
-                remaining = deadline - time.monotonic()
-                if remaining <= delay:
-                    _add_note(
-                        exc,
-                        f"iamdb: database {self.alias!r}: login refused {attempt} time(s) with credentials "
-                        f"from {self.source.describe()}; gave up after the retry budget of "
-                        f"{self.options.retry_budget:g} s",
-                    )
+                secret_free(exc)
+                if index == len(targets) - 1 or deadline.expired():
                     raise
                 logger.info(
-                    "iamdb: database %r: login refused (attempt %d), fetching a new credential from %s",
+                    "iamdb: database %r: %s:%s failed, trying the next host",
                     self.alias,
-                    attempt,
-                    self.source.describe(),
+                    target.host,
+                    target.port,
                 )
-                if delay:
-                    time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(max(delay * 2, self.options.retry_delay), self.options.max_retry_delay)
-                attempt += 1
-                params = dict(params)
-                credential = self.apply(params, user_key=user_key, password_key=password_key)
+                last = exc
+        raise AssertionError("unreachable") from last  # pragma: no cover
 
-    def retire_at(self, credential: Credential | None) -> float | None:
-        """When (``time.monotonic()``) a connection made with ``credential`` must be
-        closed: before its sessions end. None when they don't end."""
-        if credential is None or credential.sessions_end_at is None:
+    def sessions_end(self, credential: Credential | None, known: float | None = None) -> float | None:
+        """When (source's monotonic clock) sessions made with ``credential`` end."""
+        if (
+            self.source is None
+            or credential is None
+            or (credential.sessions_end_at is None and known is None)
+        ):
             return None
-        ends = credential.sessions_end_at
-        if self.source is not None:
-            # A renewed lease keeps the password and ends later.
-            current = self.source.cached(self.target)
-            if current is not None and current.password == credential.password:
-                ends = max(ends, current.sessions_end_at or ends)
-        now = time.time()
-        lifetime = ends - (credential.issued_at or now)
-        margin = max(self.options.retire_margin, lifetime / 10)
-        return time.monotonic() + (ends - margin - now)
+        return sessions_end(self.source, self.target, credential, known)
+
+    def close_at(self, end: float | None, credential: Credential | None) -> float | None:
+        """Django's ``close_at`` (``time.monotonic()``) that retires a connection
+        whose sessions end at ``end``. None when it need not be retired."""
+        if self.source is None or credential is None:
+            return None
+        moment = retire_at(end, credential, self.options.retire_margin)
+        if moment is None:
+            return None
+        return time.monotonic() + (moment - self.source._clock.monotonic())
 
     # -- the command-line clients -----------------------------------------------------
 
@@ -210,17 +201,12 @@ class Binding:
         options = dict(resolved.get("OPTIONS") or {})
         options.pop(OPTIONS_KEY, None)
         resolved["OPTIONS"] = options
-        credential = self.credential()
+        credential = self.credential(self.deadline())
         if credential is not None:
             resolved["PASSWORD"] = credential.password
             if credential.username:
                 resolved["USER"] = credential.username
         return resolved
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    if hasattr(exc, "add_note"):  # Python 3.11+
-        exc.add_note(note)
 
 
 class CredentialsWrapperMixin:
@@ -230,8 +216,16 @@ class CredentialsWrapperMixin:
     alias: str
     vendor: str
     close_at: float | None
+    connection: Any
     _iamdb_binding: Binding | None = None
+    _iamdb_deadline: Deadline | None = None
+    # The credential of the open connection, when its sessions end (source's clock),
+    # and the close_at that Django itself set (CONN_MAX_AGE).
     _iamdb_credential: Credential | None = None
+    _iamdb_sessions_end: float | None = None
+    _iamdb_django_close_at: float | None = None
+    #: When (``time.monotonic()``) the open connection is retired for its credential.
+    iamdb_retire_at: float | None = None
 
     # Driver keywords that carry the user and password (MySQL has aliases).
     iamdb_password_keys: tuple[str, ...] = ("password",)
@@ -255,38 +249,66 @@ class CredentialsWrapperMixin:
         """Whether ``exc``, raised by the driver's connect(), is a refused login."""
         raise NotImplementedError
 
-    def get_connection_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
-        params.pop(OPTIONS_KEY, None)
-        if self.iamdb_pooled():
-            # The pool asks for the credential itself, for each connection it opens;
-            # what Django put here is the source object from the settings.
-            params.pop("password", None)
-            self._iamdb_credential = None
-        else:
-            # Django calls get_new_connection() with these params next, in this thread.
-            self._iamdb_credential = self.iamdb.apply(params)
-        return params
-
     def iamdb_pooled(self) -> bool:
         """Whether connections come from a pool that resolves credentials itself."""
         return False
 
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
+        params.pop(OPTIONS_KEY, None)
+        binding = self.iamdb
+        if binding.source is None:
+            return params
+        # What Django put under "password" is the source object from the settings.
+        params = ConnectParams(params)
+        params.pop("password", None)
+        if not self.iamdb_pooled():
+            # Django calls get_new_connection() with these params next, in this thread:
+            # the attempt's deadline starts now, with the credential fetch.
+            self._iamdb_deadline = deadline = binding.deadline()
+            self._iamdb_credential = binding.credential(deadline)
+            params = binding.apply(params, self._iamdb_credential)
+        return params
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         binding = self.iamdb
+        if binding.source is None:
+            return super().get_new_connection(conn_params)  # type: ignore[misc]
+        deadline, self._iamdb_deadline = self._iamdb_deadline, None
         connection, credential = binding.connect(
             conn_params,
             super().get_new_connection,  # type: ignore[misc]
             self.iamdb_login_refused,
+            deadline,
             self._iamdb_credential,
         )
-        self.iamdb_retire(binding.retire_at(credential))
+        self.iamdb_track(credential)
         return connection
 
-    def iamdb_retire(self, retire_at: float | None) -> None:
-        """Close the connection (in ``close_if_unusable_or_obsolete``) by ``retire_at``."""
-        if retire_at is not None:
-            self.close_at = retire_at if self.close_at is None else min(self.close_at, retire_at)
+    def iamdb_track(self, credential: Credential | None, sessions_end: float | None = None) -> None:
+        """Remember the open connection's credential and set ``close_at`` before its sessions end."""
+        binding = self.iamdb
+        self._iamdb_credential = credential
+        self._iamdb_django_close_at = self.close_at
+        self._iamdb_sessions_end = binding.sessions_end(credential, sessions_end)
+        self._iamdb_set_close_at()
+
+    def _iamdb_set_close_at(self) -> None:
+        self.iamdb_retire_at = retire = self.iamdb.close_at(self._iamdb_sessions_end, self._iamdb_credential)
+        django_close_at = self._iamdb_django_close_at
+        if retire is None:
+            self.close_at = django_close_at
+        else:
+            self.close_at = retire if django_close_at is None else min(django_close_at, retire)
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        if self.connection is not None and self._iamdb_credential is not None:
+            # A renewed lease ends later: ask the source again, at every request's start and end.
+            self._iamdb_sessions_end = self.iamdb.sessions_end(
+                self._iamdb_credential, self._iamdb_sessions_end
+            )
+            self._iamdb_set_close_at()
+        super().close_if_unusable_or_obsolete()  # type: ignore[misc]
 
 
 class CredentialsClientMixin(BaseDatabaseClient):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from ..credentials import Credential, CredentialSource, Target
+from ..deadline import Deadline, scope
 from ..engine import Clock, RefreshPolicy
 from ..errors import ConfigurationError
 
@@ -32,8 +34,11 @@ class CallableSource(CredentialSource):
     ) -> None:
         if not callable(func):
             raise ConfigurationError(f"CallableSource needs a callable, not {type(func).__name__}")
-        if ttl < 0:
-            raise ConfigurationError("CallableSource: ttl must be >= 0")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl < 0:
+            raise ConfigurationError(
+                f"CallableSource: ttl must be a finite number of seconds >= 0 (0: call func for every "
+                f"new connection), not {ttl!r}"
+            )
         self.func = func
         self.ttl = float(ttl)
         super().__init__(refresh=refresh, clock=clock)
@@ -45,10 +50,13 @@ class CallableSource(CredentialSource):
         ttl = f", ttl={self.ttl:g}" if self.ttl else ""
         return f"CallableSource({label}{ttl})"
 
-    def get_credentials(self, target: Target | None = None) -> Credential:
+    def get_credentials(
+        self, target: Target | None = None, *, deadline: Deadline | None = None
+    ) -> Credential:
         if not self.ttl:
-            return self._checked_fetch(target or Target())
-        return super().get_credentials(target)
+            with scope(deadline):
+                return self._checked_fetch(target or Target())
+        return super().get_credentials(target, deadline=deadline)
 
     def fetch(self, target: Target) -> Credential:
         value: Any = self.func()
@@ -63,5 +71,5 @@ class CallableSource(CredentialSource):
                 "it must return a non-empty str or an iamdb.Credential"
             )
         if self.ttl and credential.expires_at is None and credential.refresh_after is None:
-            credential = credential.replace(refresh_after=self._clock() + self.ttl)
+            credential = credential.replace(refresh_after=self._clock.time() + self.ttl)
         return credential
