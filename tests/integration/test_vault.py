@@ -665,6 +665,19 @@ def test_refused_lease_that_cannot_be_revoked_still_gets_replaced(
     vault_lab.bao.client().sys.revoke_prefix("database/creds/pg-long/")
 
 
+def test_without_the_renew_policy_each_refresh_issues_a_new_lease(vault_lab: VaultLab) -> None:
+    token = vault_lab.bao.client().auth.token.create(
+        policies=["iamdb-no-renew"], ttl="60s", no_default_policy=True
+    )
+    source = source_for(vault_lab, "pg-long", auth=TokenAuth(token["auth"]["client_token"]))
+    target = Target(alias="vault_no_renew")
+    first = source.fetch(target)
+    second = source.fetch(target)  # what a refresh does
+    assert second.password != first.password
+    assert source.stats.leases_issued == 2 and source.stats.leases_renewed == 0
+    source.revoke_leases()
+
+
 def test_static_role_refused_is_read_again(vault_lab: VaultLab) -> None:
     source = source_for(vault_lab, "pg-static", static=True)
     settings_dict = vault_lab.settings("postgresql", source, OPTIONS={"iamdb": {"retry_budget": 8}})
@@ -866,3 +879,20 @@ def test_vault_requests_end_at_the_connection_deadline(vault_lab: VaultLab) -> N
         waited = time.monotonic() - started
     assert waited < 1.0 + 3  # the budget and some slack, far from 30 s
     assert "did not answer in time" in str(info.value) and "'vault_deadline'" in str(info.value)
+
+
+def test_a_revoked_token_is_a_refusal_and_logs_in_again(vault_lab: VaultLab) -> None:
+    """An operator revokes the token (and with it its leases): renewing it is refused
+    (403), so AppRoleAuth logs in again and the next credential is a new lease."""
+    clock = FakeClock(now=time.monotonic(), wall=time.time())
+    source = source_for(
+        vault_lab, "pg-hour", auth=approle_auth(vault_lab, token_ttl="60s", token_max_ttl="1h"), clock=clock
+    )
+    target = Target(alias="vault_token_revoked")
+    first = source.fetch(target)
+    vault_lab.bao.client().auth.token.revoke(source._vault().token)
+    clock.advance(45)  # the token is due for renewal
+    again = source.fetch(target)
+    assert source.stats.logins == 2 and source.stats.token_renewal_failures == 0
+    assert again.password != first.password and source.stats.leases_issued == 2
+    source.revoke_leases()

@@ -41,6 +41,10 @@ path "database/static-creds/*" { capabilities = ["read"] }
 path "sys/leases/renew" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
 """
+SELF_POLICY = """
+path "auth/token/lookup-self" { capabilities = ["read"] }
+path "auth/token/renew-self" { capabilities = ["update"] }
+"""
 
 
 class VaultLab:
@@ -77,6 +81,9 @@ class VaultLab:
             bao.dynamic_role(f"{vendor}-hour", db, creation, revocation, ttl=HOUR_TTL, max_ttl=2 * HOUR_TTL)
         bao.static_role("pg-static", "pg", PG_STATIC_USER, rotation_period=5)
         bao.policy("iamdb-app", APP_POLICY)
+        # For a token without the default policy (which allows renewing leases).
+        no_renew = APP_POLICY.replace("sys/leases/renew", "sys/leases/no-renew") + SELF_POLICY
+        bao.policy("iamdb-no-renew", no_renew)
         bao.policy("iamdb-no-revoke", APP_POLICY.replace("sys/leases/revoke", "sys/leases/no-revoke"))
 
     def settings(self, vendor: str, source: Any, **extra: Any) -> dict[str, Any]:
