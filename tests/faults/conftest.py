@@ -11,6 +11,7 @@ request); the table is printed at the end of the session.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -259,6 +260,19 @@ def assert_clear_failures(load: Load, start: float, end: float, *, alias: str, s
         )
     assert not load.hung, f"requests hung: {load.summary(start, end)}"
     return len(failures)
+
+
+def assert_refresh_warned(caplog: pytest.LogCaptureFixture, source_name: str) -> None:
+    """iamdb logged a WARNING for a failed refresh while it kept the cached credential."""
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "iamdb"
+        and r.levelno == logging.WARNING
+        and "still using the current credential" in r.getMessage()
+    ]
+    assert warned, "no WARNING from iamdb about the failed refresh"
+    assert all(source_name in message for message in warned), warned[0]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

@@ -29,6 +29,7 @@ from tests.faults.conftest import (
     Load,
     Report,
     assert_clear_failures,
+    assert_refresh_warned,
     close_pool,
     down_while_valid,
     new_connection_request,
@@ -99,7 +100,7 @@ POOL = {"min_size": 1, "max_size": THREADS, "timeout": RETRY_BUDGET, "max_lifeti
 @pytest.mark.parametrize("vendor", ["postgresql"])
 @down_while_valid
 def test_down_while_the_secret_is_cached(
-    sm: SecretLab, db_user: DbUser, report: Report, fault: str, pooled: bool
+    sm: SecretLab, db_user: DbUser, report: Report, fault: str, pooled: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The secret is re-read every TTL seconds; while Secrets Manager is down or
     black-holed, every request still succeeds at once with the cached secret."""
@@ -121,6 +122,8 @@ def test_down_while_the_secret_is_cached(
         assert load.longest() < UNSLOWED, f"a request waited for Secrets Manager: {load.summary()}"
         # The refresh was tried while the service was down, spaced by the backoff.
         assert fetches >= 1
+        if fault != "blackhole":  # a black-holed refresh is still waiting for its timeout
+            assert_refresh_warned(caplog, source.describe())
         assert fetches * 5 <= load.ok, f"{fetches} requests to Secrets Manager for {load.ok} served"
         # Back up: the secret is read again, by itself.
         assert wait_until(lambda: (request(), source.cached() is not cached)[1], 10), "never re-read"
@@ -272,6 +275,7 @@ def test_database_restarted(sm: SecretLab, restartable_pg: PrivatePostgres, repo
             pools.append((settings_dict, alias))
     try:
         for load in loads.values():
+            load.request()  # connected (the pools opened) before the load starts
             load.start()
         time.sleep(1.0)
         stop_server(server)  # under load
@@ -301,8 +305,10 @@ def test_database_restarted(sm: SecretLab, restartable_pg: PrivatePostgres, repo
         assert load.between(end=down) and not load.failures(end=down - 0.5), (
             f"{label}: {load.summary(end=down)}"
         )
-        during = [o for o in load.between(down + 0.2) if o.ended < starting]
-        assert during and all(o.error is not None for o in during), f"{label}: {load.summary(down, starting)}"
+        # While it is down, nothing succeeds: requests fail (or wait for the pool, up to its timeout).
+        during = [o for o in load.between() if down + 0.2 < o.ended < starting]
+        assert all(o.error is not None for o in during), f"{label}: {load.summary(down, starting)}"
+        assert during or "pool" in label, f"{label}: {load.summary(down, starting)}"
         for outcome in load.failures():
             assert outcome.seconds <= RETRY_BUDGET + GRACE, f"{label}: {load.summary()}"
         assert not load.hung, f"{label}: {load.summary()}"

@@ -24,6 +24,7 @@ from tests.faults.conftest import (
     Load,
     Report,
     assert_clear_failures,
+    assert_refresh_warned,
     close_pool,
     down_while_valid,
     needs_pool,
@@ -41,6 +42,8 @@ ROLE = {"postgresql": "pg", "mysql": "my"}
 #: hvac's timeout for each request to Vault.
 VAULT_TIMEOUT = 5.0
 POOL = {"min_size": 1, "max_size": THREADS, "timeout": RETRY_BUDGET}
+#: A pool that replaces its connections every second: each new one asks the source.
+RENEWING_POOL = {**POOL, "max_lifetime": 1.0}
 
 
 @pytest.fixture
@@ -69,14 +72,21 @@ def settings_for(
 
 @down_while_valid
 def test_down_while_the_lease_is_valid(
-    vault_lab: VaultLab, vault: FaultProxy, report: Report, fault: str, pooled: bool
+    vault_lab: VaultLab,
+    vault: FaultProxy,
+    report: Report,
+    fault: str,
+    pooled: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A 6 s lease whose renewal falls due after 2.4 s (advisory window); Vault goes
     down at once. Until the lease's mandatory window every request succeeds, none
     waiting for Vault; the renewal is tried in the meantime, spaced by the backoff."""
     source = source_for(vault_lab, vault, "pg-long", refresh=RefreshPolicy(advisory=0.6))
     alias = f"vault_valid_{fault}_{'pool' if pooled else 'new'}"
-    settings_dict = settings_for(vault_lab, "postgresql", source, OPTIONS={"pool": POOL} if pooled else {})
+    settings_dict = settings_for(
+        vault_lab, "postgresql", source, OPTIONS={"pool": RENEWING_POOL} if pooled else {}
+    )
     request = new_connection_request(settings_dict, alias)
     try:
         request()
@@ -95,6 +105,8 @@ def test_down_while_the_lease_is_valid(
         assert load.failed == 0, load.summary()
         assert load.longest() < UNSLOWED, f"a request waited for Vault: {load.summary()}"
         assert fetches >= 1, "the renewal was never tried"
+        if fault != "blackhole":  # a black-holed refresh is still waiting for its timeout
+            assert_refresh_warned(caplog, source.describe())
         assert fetches * 10 <= load.ok, f"{fetches} requests to Vault for {load.ok} served"
         # Back up: the lease is renewed or replaced, by itself.
         assert wait_until(lambda: (request(), source.cached() is not leased)[1], 10), "never renewed"

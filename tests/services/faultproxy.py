@@ -4,7 +4,8 @@ It listens on a free 127.0.0.1 port and forwards to an upstream (OpenBao's or
 moto's HTTP port, a private database server's port). Its mode can be switched
 while the app runs:
 
-- ``pass_through()``: forward both ways;
+- ``pass_through()``: forward both ways (connections that went into the black
+  hole are reset);
 - ``refuse()``: the port is closed (a new connection is refused) and the open
   connections are reset, as when the service is down;
 - ``reset()``: accept, then close at once (the service crashes on every connection);
@@ -155,7 +156,14 @@ class FaultProxy:
     # -- modes -------------------------------------------------------------------------
 
     def pass_through(self) -> None:
+        """Forward again. Connections whose requests went into the black hole are
+        reset (as a service that comes back does), so that their clients retry."""
         self._set(PASS)
+        with self._lock:
+            black = [link for link in self._links if link.black]
+            self._links.difference_update(black)
+        for link in black:
+            link.close(abort=True)
 
     def delay(self, seconds: float) -> None:
         """Forward, but hold each response ``seconds`` before passing it on."""
