@@ -22,16 +22,17 @@ makes it an autouse fixture named ``leaks``). While the test runs, the scan
 
 At the end of the test every secret is looked for in every one of those
 places, and for each exception also in its whole ``__cause__``/``__context__``
-chain (messages, notes, attributes, formatted traceback) and in Django's
+chain (messages, notes, plain-data attributes, formatted traceback) and in Django's
 technical 500 page, HTML and text, rendered as with ``DEBUG = True``. One hit
 fails the test (:class:`LeakFound`) naming the secret's origin and the place.
 
 What the test's own code holds is not a leak: frames of files under ``tests/``
 are left out of the debug page (a real page shows the application's frames,
-not a test's), and child processes started by the test services
-(``tests/services/``: ``psql`` with an ``ALTER ROLE ... PASSWORD``) are not
-scanned. A deliberate leak (a control showing that an SDK does log a secret)
-goes inside ``with leaks.paused():``.
+not a test's), and the child processes that the test services start
+(``tests/services/``: ``psql`` with an ``ALTER ROLE ... PASSWORD``) or that test
+code starts by itself (no iamdb or Django frame on the stack) are not scanned.
+A deliberate leak (a control showing that an SDK does log a secret, a token
+given to stock Django as a plain string) goes inside ``with leaks.paused():``.
 """
 
 from __future__ import annotations
@@ -446,13 +447,27 @@ def _record_test_helpers() -> None:
             _patches.replace(module, "make_wrapper", recording_make_wrapper)
 
 
-def _caller_is_test_service() -> bool:
-    """Whether the code that started a child process is a test service (tests/services/)."""
-    frame = sys._getframe(2)
-    subprocess_file = subprocess.__file__
-    while frame is not None and frame.f_code.co_filename in (subprocess_file, __file__):
-        frame = frame.f_back  # type: ignore[assignment]
-    return frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_SERVICES_PREFIX)
+def _child_is_the_tests_own() -> bool:
+    """Whether the child process about to start is the test's own doing: started by a
+    test service (``tests/services/``: ``psql -c "ALTER ROLE ... PASSWORD ..."``), or
+    by test code with no iamdb or Django code beneath it on the stack. A test's spy
+    around iamdb's ``subprocess.run`` does not make dbshell's child the test's own."""
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename in (subprocess.__file__, __file__):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    nearest = os.path.abspath(frame.f_code.co_filename)
+    if nearest.startswith(_SERVICES_PREFIX):
+        return True
+    if not nearest.startswith(_TESTS_PREFIX):
+        return False
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.startswith(("iamdb.", "django.")):
+            return False
+        frame = frame.f_back
+    return True
 
 
 def _record_children() -> None:
@@ -460,7 +475,7 @@ def _record_children() -> None:
 
     def recording_init(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
         scan = _active
-        if scan is not None and not _caller_is_test_service():
+        if scan is not None and not _child_is_the_tests_own():
             scan.record_child(args)
         original(self, args, *rest, **kwargs)
 

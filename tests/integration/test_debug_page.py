@@ -78,24 +78,25 @@ def frames_on_page(exc: BaseException) -> str:
 
 # -- the scan can fail ---------------------------------------------------------------------
 
-# Code that is not a test's (a library's frame): compiled under a name outside tests/.
+# Code that is not a test's (a library's frames): compiled under a name outside tests/.
 LIBRARY_CODE = compile(
     textwrap.dedent(
         """
+        import subprocess, sys
+
         def connect(params):
             password = params["password"]
             raise ConnectionError("the server refused the login")
+
+        def run_client(password):
+            subprocess.run([sys.executable, "-c", "pass", "--password=" + password], check=True, timeout=60)
         """
     ),
     "<library code>",
     "exec",
 )
-
-
-def library_connect(params: dict[str, str]) -> None:
-    namespace: dict[str, Any] = {}
-    exec(LIBRARY_CODE, namespace)
-    namespace["connect"](params)
+LIBRARY: dict[str, Any] = {}
+exec(LIBRARY_CODE, LIBRARY)
 
 
 def plant_log_message(scan: LeakScan, secret: str) -> None:
@@ -135,12 +136,12 @@ def plant_pytest_raises(scan: LeakScan, secret: str) -> None:
 
 
 def plant_child_argv(scan: LeakScan, secret: str) -> None:
-    subprocess.run([sys.executable, "-c", "pass", f"--password={secret}"], check=True, timeout=60)
+    LIBRARY["run_client"](secret)
 
 
 def plant_frame_local(scan: LeakScan, secret: str) -> None:
     try:
-        library_connect({"password": secret})
+        LIBRARY["connect"]({"password": secret})
     except ConnectionError as exc:
         scan.check_exception(exc)
 
@@ -203,8 +204,9 @@ def test_the_scan_finds_the_signature_inside_a_token() -> None:
 
 
 def test_what_the_scan_leaves_out(pg_server: PrivatePostgres) -> None:
-    """Test code's own frames are not on the page, the test services' children are not
-    scanned, and a paused block records nothing: none of these fails a scan."""
+    """Test code's own frames are not on the page, the children that the test services
+    or test code start by themselves are not scanned, and a paused block records
+    nothing: none of these fails a scan."""
     secret = planted()
     with leakscan.scanning("left out") as scan:
         scan.add(secret)
@@ -216,6 +218,7 @@ def test_what_the_scan_leaves_out(pg_server: PrivatePostgres) -> None:
             scan.check_exception(exc)
         assert password not in render_debug_page(error)[0]
         pg_server.sql(f"SELECT '{secret}'")  # psql -c ... from tests/services
+        subprocess.run([sys.executable, "-c", "pass", secret], check=True, timeout=60)
         with scan.paused():
             logging.getLogger("iamdb").warning("control: %s", secret)
 
@@ -280,6 +283,29 @@ def test_djangos_connect_frame_holds_no_readable_password(db_user: DbUser, leaks
     for frame in frames:
         assert wrong not in repr(frame.f_locals["conn_params"])
     assert page_leaks(info.value, leaks, wrong) == []
+
+
+DRIVER_MODULES = ("psycopg", "psycopg2", "MySQLdb")
+REFUSED_MESSAGE = {"postgresql": "password authentication failed", "mysql": "Access denied"}
+
+
+def test_a_refused_login_keeps_the_drivers_error_but_not_its_frames(db_user: DbUser) -> None:
+    """The driver's error stays in the chain (its type and message say what the server
+    said); the frames beneath it, whose locals hold the password, are gone."""
+    wrapper = make_wrapper(refused_settings(db_user, new_password()))
+    with pytest.raises(OperationalError) as info:
+        wrapper.ensure_connection()
+    chain = leakscan.exception_chain(info.value)
+    drivers = [member for member in chain if type(member).__module__.split(".")[0] in DRIVER_MODULES]
+    assert drivers, [type(member) for member in chain]
+    assert any(REFUSED_MESSAGE[db_user.vendor] in str(member) for member in drivers)
+    driver_frames = [
+        f"{tb.tb_frame.f_code.co_filename}:{tb.tb_frame.f_code.co_name}"
+        for member in chain
+        for tb in _walk(member.__traceback__)
+        if str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in DRIVER_MODULES
+    ]
+    assert driver_frames == []
 
 
 def _walk(tb: Any) -> Iterator[Any]:
