@@ -108,6 +108,12 @@ class CredentialSource:
 
     # -- the shared machinery ----------------------------------------------------
 
+    @property
+    def uses_cache(self) -> bool:
+        """Whether :meth:`get_credentials` answers from the cache (a callable with
+        ``ttl=0`` is called for every connection instead)."""
+        return True
+
     def get_credentials(
         self, target: Target | None = None, *, deadline: Deadline | None = None
     ) -> Credential:

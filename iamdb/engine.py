@@ -295,6 +295,16 @@ class CredentialCache:
             return None
         return slot.state.windows.sessions_end
 
+    def fresh(self, key: Hashable, now: float) -> Credential | None:
+        """The cached credential for ``key`` if it is fresh at ``now`` (monotonic), else
+        None. Takes no lock and allocates nothing: the hot path of a new connection."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            state = slot.state
+            if state.credential is not None and now < state.windows.advisory_at:
+                return state.credential
+        return None
+
     def get(
         self, key: Hashable, fetch: Callable[[], Credential], deadline: Deadline | None = None
     ) -> Credential:

@@ -15,6 +15,17 @@ from .errors import ConfigurationError
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+class SecretStr(str):
+    """A str whose ``repr()`` hides it: a password in a dict, a tuple or a frame's
+    locals shows as ``'***'`` (Django's debug page prints ``repr()`` of every local).
+    ``str()``, formatting, comparison and the drivers see the value itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
 @dataclasses.dataclass(frozen=True, repr=False, eq=False)
 class Credential:
     """An immutable user name and password, with what is known of their lifetime.
@@ -32,7 +43,8 @@ class Credential:
       then (a revoked Vault lease); iamdb retires them before that moment.
     - ``issued_at``: when it was obtained (set by the engine when absent).
 
-    ``repr()`` and ``str()`` never show the password.
+    ``repr()`` and ``str()`` never show the password, and ``password`` is a
+    :class:`SecretStr`, whose own ``repr()`` hides it too.
     """
 
     password: str
@@ -51,6 +63,10 @@ class Credential:
         return f"{type(self).__name__}({', '.join(parts)})"
 
     __str__ = __repr__
+
+    def __post_init__(self) -> None:
+        if type(self.password) is str:
+            object.__setattr__(self, "password", SecretStr(self.password))
 
     def replace(self, **changes: Any) -> Credential:
         """A copy with some fields changed (the value itself never changes)."""

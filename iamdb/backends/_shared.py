@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from django.db.backends.base.client import BaseDatabaseClient
@@ -20,30 +20,13 @@ from ..credentials import CredentialSource, as_source
 from ..deadline import Deadline
 from ..errors import ConfigurationError, secret_free
 from ..retry import OPTIONS_KEY, ConnectOptions, LoginRetry, retire_at, sessions_end
-from ..values import Credential, Target
+from ..values import Credential, SecretStr, Target
 
 __all__ = ["OPTIONS_KEY", "Binding", "ConnectOptions", "CredentialsClientMixin", "CredentialsWrapperMixin"]
 
 logger = logging.getLogger("iamdb")
 
 C = TypeVar("C")
-
-#: Driver keywords whose values ``repr()`` of connection parameters hides.
-_SECRET_KEYS = frozenset({"password", "passwd", "sslpassword"})
-
-
-class ConnectParams(dict[str, Any]):
-    """Driver connection parameters whose ``repr`` hides the password.
-
-    Django's debug page prints the local variables of every frame, among them
-    the ``conn_params`` of ``connect()`` and ``get_new_connection()``.
-    """
-
-    def __repr__(self) -> str:
-        shown = {key: ("***" if key in _SECRET_KEYS else value) for key, value in self.items()}
-        return f"{dict.__repr__(shown)}"
-
-    __str__ = __repr__
 
 
 class Binding:
@@ -65,6 +48,9 @@ class Binding:
     ) -> None:
         self.settings_dict = settings_dict
         self.alias = alias
+        #: Whether Django's pool opens the connections (set by the backend).
+        self.pooled = False
+        self._fresh: Callable[[Hashable, float], Credential | None] | None = None
         options: Mapping[str, Any] = settings_dict.get("OPTIONS") or {}
         self.options = ConnectOptions.from_options(options, alias)
         self.source: CredentialSource | None = as_source(settings_dict.get("PASSWORD"), alias=alias)
@@ -86,6 +72,13 @@ class Binding:
         self._targets = self._make_targets()
         for target in self._targets:
             self.source.check_target(target)
+        self.monotonic = self.source._clock.monotonic
+        self.has_options_key = OPTIONS_KEY in options
+        passphrase = options.get("sslpassword")
+        self.sslpassword = SecretStr(passphrase) if isinstance(passphrase, str) else None
+        # The cache key of the first target, for fresh() (a key depends on the target only).
+        self._cache_key: Hashable = self.source.cache_key(self._targets[0])
+        self._fresh = self.source._cache.fresh if self.source.uses_cache else None
 
     def _make_targets(self) -> list[Target]:
         """The targets a connection attempt tries in turn: one per host of a multi-host
@@ -97,9 +90,18 @@ class Binding:
 
     # -- connections ------------------------------------------------------------------
 
-    def deadline(self) -> Deadline | None:
-        """The deadline of a connection attempt starting now (None without a source)."""
-        return None if self.source is None else self.retry.deadline()
+    def deadline(self, started: float | None = None) -> Deadline | None:
+        """The deadline of a connection attempt that started at ``started`` (the source
+        clock's monotonic time; default: now). None without a source."""
+        if self.source is None:
+            return None
+        if started is None:
+            return self.retry.deadline()
+        return Deadline(started + self.options.retry_budget, self.source._clock)
+
+    def fresh(self, now: float) -> Credential | None:
+        """The cached credential if it is fresh at ``now``, without locks: the hot path."""
+        return self._fresh(self._cache_key, now) if self._fresh is not None else None
 
     def credential(self, deadline: Deadline | None = None, target: Target | None = None) -> Credential | None:
         if self.source is None:
@@ -117,7 +119,7 @@ class Binding:
         """``params`` with the credential's user and password in them (a copy)."""
         if credential is None:
             return params
-        applied = ConnectParams(params)
+        applied = dict(params)
         applied[password_key] = credential.password
         if credential.username:
             applied[user_key] = credential.username
@@ -147,7 +149,7 @@ class Binding:
         for index, target in enumerate(targets):
             narrowed = params
             if len(targets) > 1:
-                narrowed = ConnectParams(params, host=target.host)
+                narrowed = dict(params, host=target.host)
                 narrowed.pop("port", None)
                 if target.port is not None:
                     narrowed["port"] = target.port
@@ -218,7 +220,7 @@ class CredentialsWrapperMixin:
     close_at: float | None
     connection: Any
     _iamdb_binding: Binding | None = None
-    _iamdb_deadline: Deadline | None = None
+    _iamdb_started: float | None = None
     # The credential of the open connection, when its sessions end (source's clock),
     # and the close_at that Django itself set (CONN_MAX_AGE).
     _iamdb_credential: Credential | None = None
@@ -242,6 +244,7 @@ class CredentialsWrapperMixin:
                 password_keys=self.iamdb_password_keys,
                 user_keys=self.iamdb_user_keys,
             )
+            binding.pooled = binding.source is not None and self.iamdb_uses_pool()
             self._iamdb_binding = binding
         return binding
 
@@ -249,37 +252,50 @@ class CredentialsWrapperMixin:
         """Whether ``exc``, raised by the driver's connect(), is a refused login."""
         raise NotImplementedError
 
+    def iamdb_uses_pool(self) -> bool:
+        """Whether the settings ask for a pool that resolves credentials itself."""
+        return False
+
     def iamdb_pooled(self) -> bool:
         """Whether connections come from a pool that resolves credentials itself."""
-        return False
+        return self.iamdb.pooled
 
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
-        params.pop(OPTIONS_KEY, None)
-        binding = self.iamdb
+        binding = self._iamdb_binding
+        if binding is None or binding.settings_dict is not self.settings_dict:
+            binding = self.iamdb
         if binding.source is None:
+            params.pop(OPTIONS_KEY, None)
             return params
         # What Django put under "password" is the source object from the settings.
-        params = ConnectParams(params)
-        params.pop("password", None)
-        if not self.iamdb_pooled():
-            # Django calls get_new_connection() with these params next, in this thread:
-            # the attempt's deadline starts now, with the credential fetch.
-            self._iamdb_deadline = deadline = binding.deadline()
-            self._iamdb_credential = binding.credential(deadline)
-            params = binding.apply(params, self._iamdb_credential)
+        del params["password"]
+        if binding.has_options_key:
+            del params[OPTIONS_KEY]
+        if binding.sslpassword is not None:  # PostgreSQL's key passphrase: hidden on the debug page too
+            params["sslpassword"] = binding.sslpassword
+        if binding.pooled:
+            return params  # the pool asks for the credential for each connection it opens
+        # Django calls get_new_connection() with these params next, in this thread: the
+        # attempt (and its deadline) starts now, with the credential.
+        self._iamdb_started = started = binding.monotonic()
+        credential = binding.fresh(started) or binding.credential(binding.deadline(started))
+        assert credential is not None
+        self._iamdb_credential = credential
+        params["password"] = credential.password
+        if credential.username:
+            params[self.iamdb_user_keys[0]] = credential.username
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         binding = self.iamdb
         if binding.source is None:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
-        deadline, self._iamdb_deadline = self._iamdb_deadline, None
         connection, credential = binding.connect(
             conn_params,
             super().get_new_connection,  # type: ignore[misc]
             self.iamdb_login_refused,
-            deadline,
+            binding.deadline(self._iamdb_started),
             self._iamdb_credential,
         )
         self.iamdb_track(credential)

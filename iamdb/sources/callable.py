@@ -50,6 +50,10 @@ class CallableSource(CredentialSource):
         ttl = f", ttl={self.ttl:g}" if self.ttl else ""
         return f"CallableSource({label}{ttl})"
 
+    @property
+    def uses_cache(self) -> bool:
+        return bool(self.ttl)
+
     def get_credentials(
         self, target: Target | None = None, *, deadline: Deadline | None = None
     ) -> Credential:

@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     import django
     from django.conf import settings
 
-    config = json.loads(sys.argv[1])
+    config = json.loads(sys.stdin.read())  # not argv: no password on a command line
     published = {"password": config["old"]}
     reads = []
 
@@ -61,7 +61,8 @@ def test_psycopg2_refused_login_is_retried_with_a_fresh_password(db_user: DbUser
     new = db_user.rotate()  # the server changed; the source still returns the old one
     config = {"port": db_user.server.port, "user": db_user.name, "old": old, "new": new}
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(config)],
+        [sys.executable, "-c", CHILD],
+        input=json.dumps(config),
         capture_output=True,
         text=True,
         timeout=60,

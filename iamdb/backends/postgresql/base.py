@@ -3,7 +3,6 @@ including for every connection that Django's pool (Django 5.1+) opens."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -38,26 +37,25 @@ def login_refused(exc: BaseException) -> bool:
 
 class _PoolConnectionMixin:
     """Marks a pool connection class made by :func:`pool_connection_class`, and
-    records how the pool's last connection attempts went (for the requests waiting)."""
+    records how the pool's last connection attempts went (for the requests waiting).
 
-    _iamdb_lock = threading.Lock()
-    _iamdb_error: BaseException | None = None
-    _iamdb_failed_at = float("-inf")
-    _iamdb_ok_at = float("-inf")
+    One tuple, replaced whole: no lock (that a fork could leave held) is needed."""
+
+    _iamdb_last: tuple[BaseException | None, float, float] = (None, float("-inf"), float("-inf"))
 
     @classmethod
     def iamdb_record(cls, error: BaseException | None) -> None:
-        with cls._iamdb_lock:
-            if error is None:
-                cls._iamdb_ok_at = time.monotonic()
-            else:
-                cls._iamdb_error, cls._iamdb_failed_at = error, time.monotonic()
+        last_error, failed_at, ok_at = cls._iamdb_last
+        if error is None:
+            cls._iamdb_last = (last_error, failed_at, time.monotonic())
+        else:
+            cls._iamdb_last = (error, time.monotonic(), ok_at)
 
     @classmethod
     def iamdb_failing(cls) -> BaseException | None:
         """The error of the pool's last connection attempt, if none succeeded since."""
-        with cls._iamdb_lock:
-            return cls._iamdb_error if cls._iamdb_failed_at > cls._iamdb_ok_at else None
+        error, failed_at, ok_at = cls._iamdb_last
+        return error if failed_at > ok_at else None
 
 
 def pool_connection_class(base_class: type[Any], binding: Binding) -> type[Any]:
@@ -71,8 +69,6 @@ def pool_connection_class(base_class: type[Any], binding: Binding) -> type[Any]:
     """
 
     class IamdbPoolConnection(_PoolConnectionMixin, base_class):  # type: ignore[misc]
-        _iamdb_lock = threading.Lock()
-
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             parent: Any = super()
@@ -149,14 +145,9 @@ class DatabaseWrapper(CredentialsWrapperMixin, base.DatabaseWrapper):
     def iamdb_login_refused(self, exc: BaseException) -> bool:
         return login_refused(exc)
 
-    def iamdb_pooled(self) -> bool:
+    def iamdb_uses_pool(self) -> bool:
         # Not self.pool: Django's pool property calls get_connection_params().
-        return (
-            _HAS_POOL
-            and self.alias != NO_DB_ALIAS
-            and bool(self.settings_dict["OPTIONS"].get("pool"))
-            and self.iamdb.source is not None
-        )
+        return _HAS_POOL and self.alias != NO_DB_ALIAS and bool(self.settings_dict["OPTIONS"].get("pool"))
 
     @property
     def pool(self) -> Any:
