@@ -355,12 +355,18 @@ class VaultDatabaseCredentials(CredentialSource):
             return credential
 
     def invalidate(self, target: Target | None = None, *, password: str | None = None) -> None:
-        """Forget the cached credential (the database refused it). For a dynamic
-        role, the refused lease is not renewed again: the next fetch issues a new
-        one and revokes it. A static role is read again."""
+        """Forget the cached credential. With the ``password`` the database refused, a
+        dynamic role's lease with that password is not renewed again: the next fetch
+        issues a new lease and revokes the refused one. Without a password the next
+        fetch issues a new lease too, but the current one is left to end (other
+        processes may use it). A static role is read again."""
         lease = self._lease
         if lease is not None and (password is None or password == lease.password):
-            lease.refused = True  # one attribute: no lock needed, never waits for a fetch
+            # One attribute each: no lock needed, never waits for a fetch.
+            if password is None:
+                lease.final = True
+            else:
+                lease.refused = True
         super().invalidate(target, password=password)
 
     def sessions_end(self, target: Target, credential: Credential) -> float | None:

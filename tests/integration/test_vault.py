@@ -511,17 +511,18 @@ def test_forked_child_keeps_the_lease_and_revokes_only_its_own(vault_lab: VaultL
     def child() -> int:
         wrapper = make_wrapper(settings_dict, "vault_fork")
         if who(wrapper) != parent_user:
-            return 2
+            return 2  # the inherited credential, without asking Vault
         wrapper.close()
-        if source.revoke_leases() != 0 or parent_user not in vault_lab.db_users("postgresql"):
-            return 3  # the parent's lease is not the child's to revoke
-        source.invalidate()  # as after a refused login: a new lease, this process's own
-        wrapper = make_wrapper(settings_dict, "vault_fork")
+        source.invalidate()  # forget it: the next fetch issues a lease of this process's own
         user = who(wrapper)
         wrapper.close()
-        if user == parent_user or source.stats.leases_issued != 1 or source.revoke_leases() != 1:
-            return 4
-        return 0
+        if user == parent_user or source.stats.leases_issued != 1:
+            return 3
+        if parent_user not in vault_lab.db_users("postgresql"):
+            return 4  # invalidate() without a refused password revokes nothing
+        if source.revoke_leases() != 1 or parent_user not in vault_lab.db_users("postgresql"):
+            return 5  # only its own lease is the child's to revoke
+        return 0 if user not in vault_lab.db_users("postgresql") else 6
 
     with held(source._lock):
         code = run_in_child(child)
