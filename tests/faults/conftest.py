@@ -284,6 +284,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
     return predicate()
 
 
+def recovers(request: Callable[[], None], done: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether, making requests (which may fail meanwhile), ``done()`` comes true within ``timeout``."""
+
+    def attempt() -> bool:
+        try:
+            request()
+        except OperationalError:
+            return False
+        return done()
+
+    return wait_until(attempt, timeout, step=0.1)
+
+
 # -- requests --------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
@@ -115,6 +115,36 @@ def test_blackhole_reads_and_never_answers(proxy: FaultProxy, upstream: Upstream
     assert proxy.stats.requests == 3 and upstream.hits == 1
     proxy.pass_through()
     assert get(connect(proxy))[0] == 200
+
+
+def test_pass_through_resets_black_holed_connections(proxy: FaultProxy) -> None:
+    """A client waiting on a black-holed request gets an error when the service is back."""
+    kept = connect(proxy, timeout=5)
+    assert get(kept)[0] == 200
+    proxy.blackhole()
+    failed: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            get(kept)
+        except (OSError, http.client.HTTPException) as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    assert wait_for(lambda: proxy.stats.requests == 2)
+    started = time.monotonic()
+    proxy.pass_through()
+    thread.join(5)
+    assert failed and not isinstance(failed[0], TimeoutError), failed
+    assert time.monotonic() - started < 2
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.02)
+    return predicate()
 
 
 def test_delay_holds_responses(proxy: FaultProxy) -> None:

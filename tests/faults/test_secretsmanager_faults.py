@@ -34,7 +34,7 @@ from tests.faults.conftest import (
     down_while_valid,
     new_connection_request,
     persistent_request,
-    wait_until,
+    recovers,
 )
 from tests.services.faultproxy import FaultProxy
 from tests.services.moto import MotoServer
@@ -126,7 +126,7 @@ def test_down_while_the_secret_is_cached(
             assert_refresh_warned(caplog, source.describe())
         assert fetches * 5 <= load.ok, f"{fetches} requests to Secrets Manager for {load.ok} served"
         # Back up: the secret is read again, by itself.
-        assert wait_until(lambda: (request(), source.cached() is not cached)[1], 10), "never re-read"
+        assert recovers(request, lambda: source.cached() is not cached), "never re-read"
     finally:
         sm.proxy.pass_through()
         if pooled:

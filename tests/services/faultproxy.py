@@ -69,9 +69,12 @@ class ProxyStats:
 
 
 def _abort(sock: socket.socket) -> None:
-    """Close ``sock`` with a reset (RST), as a crashed server's kernel would."""
+    """Close ``sock`` with a reset (RST), as a crashed server's kernel would. The
+    shutdown wakes a thread blocked reading it (a close alone would not)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 
