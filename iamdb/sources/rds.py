@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from ..credentials import Credential, Target
-from ..engine import Clock, RefreshPolicy
-from ..errors import ConfigurationError, CredentialError
+from ..clock import Clock
+from ..engine import RefreshPolicy
+from ..errors import ConfigurationError, CredentialError, secret_free
+from ..values import Credential, Target
 from . import _aws
 
 logger = logging.getLogger("iamdb")
@@ -39,11 +40,24 @@ _PG_VERIFIED = {"verify-ca", "verify-full"}
 _MYSQL_MANDATORY_TLS = {"REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"}
 _MYSQL_VERIFIED = {"VERIFY_CA", "VERIFY_IDENTITY"}
 
+#: How many targets a source remembers the signing details of (a few per database).
+_MAX_TARGETS = 64
+
 
 def region_from_host(host: str) -> str | None:
     """The AWS region in an RDS/Aurora endpoint name, or None for any other host."""
     match = _ENDPOINT.search(host.strip())
     return match.group("region").lower() if match else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Signing:
+    """What a token for one target is signed for, worked out once per target."""
+
+    host: str
+    port: int
+    region: str
+    cache_key: Hashable
 
 
 class RdsIamToken(_aws.AwsSource):
@@ -56,15 +70,20 @@ class RdsIamToken(_aws.AwsSource):
       when the connection goes through a proxy, a tunnel or a CNAME. HOST is
       never resolved or rewritten.
     - ``session``: a ``boto3.Session`` (a profile, an assumed role); by
-      default boto3's default credential chain.
+      default boto3's default credential chain. In a forked child it is made
+      again from its profile and region (see :class:`_aws.AwsSource`).
     - ``allow_insecure_transport``: for local tests only. Without it, the
       settings must make TLS mandatory, since the token is sent as a cleartext
       password.
 
     A token is reused by every connection to the same endpoint and user until
     shortly before its 15 minutes end, and never past the end of the temporary
-    AWS credentials that signed it.
+    AWS credentials that signed it. Each fetch signs a new token, so a refused
+    login is retried once (``token_per_fetch``): a wrong IAM policy fails fast.
     """
+
+    token_per_fetch: ClassVar[bool] = True
+    _transient: ClassVar[tuple[str, ...]] = ("_signings",)
 
     def __init__(
         self,
@@ -77,14 +96,20 @@ class RdsIamToken(_aws.AwsSource):
         refresh: RefreshPolicy | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if signing_port is not None and (not isinstance(signing_port, int) or not 0 < signing_port < 65536):
-            raise ConfigurationError(f"RdsIamToken: signing_port must be a port number, not {signing_port!r}")
-        self.region = region
-        self.signing_host = signing_host
-        self.signing_port = signing_port
-        self.allow_insecure_transport = bool(allow_insecure_transport)
+        name = type(self).__name__
+        self.region = _aws.check_region(name, region)
+        self.signing_host = _aws.check_word(name, "signing_host", signing_host, optional=True)
+        self.signing_port = _aws.check_port(name, "signing_port", signing_port)
+        self.allow_insecure_transport = _aws.check_bool(
+            name, "allow_insecure_transport", allow_insecure_transport
+        )
         self._set_session(session)
         super().__init__(refresh=refresh, clock=clock)
+
+    def _new_transient_state(self) -> None:
+        # (host, port, user, vendor) -> Signing: the endpoint name is parsed once per target.
+        self._signings: dict[tuple[str, int | None, str, str], Signing] = {}
+        super()._new_transient_state()
 
     # -- configuration ----------------------------------------------------------------
 
@@ -104,7 +129,9 @@ class RdsIamToken(_aws.AwsSource):
 
     def region_for(self, target: Target) -> str:
         region = (
-            self.region or region_from_host(self.endpoint(target)[0]) or _aws.default_region(self._session)
+            self.region
+            or region_from_host(self.endpoint(target)[0])
+            or _aws.default_region(self.aws_session())
         )
         if not region:
             raise ConfigurationError(
@@ -114,9 +141,22 @@ class RdsIamToken(_aws.AwsSource):
             )
         return region
 
+    def signing(self, target: Target) -> Signing:
+        """The endpoint, region and cache key of ``target``'s tokens (kept per target:
+        the hot path of every new connection asks for them)."""
+        key = (target.host, target.port, target.user, target.vendor)
+        found = self._signings.get(key)
+        if found is None:
+            host, port = self.endpoint(target)
+            region = self.region_for(target)
+            found = Signing(host, port, region, (host.lower(), port, target.user, region))
+            if len(self._signings) >= _MAX_TARGETS:
+                self._signings.clear()
+            self._signings[key] = found
+        return found
+
     def cache_key(self, target: Target) -> Hashable:
-        host, port = self.endpoint(target)
-        return (host.lower(), port, target.user, self.region_for(target))
+        return self.signing(target).cache_key
 
     def check_target(self, target: Target) -> None:
         where = f"database {target.alias!r}: {self.describe()}"
@@ -138,25 +178,27 @@ class RdsIamToken(_aws.AwsSource):
     # -- tokens -----------------------------------------------------------------------
 
     def fetch(self, target: Target) -> Credential:
-        host, port = self.endpoint(target)
-        region = self.region_for(target)
-        now = self._clock()
+        signing = self.signing(target)
+        host, port, region = signing.host, signing.port, signing.region
+        now = self._clock.time()
         try:
-            rds = _aws.client("rds", region, self._session)
+            session = self.aws_session()
+            rds = _aws.client("rds", region, session)
+            # Read before signing, so that no frame below an error holds a token.
+            aws_expiry = _aws.credentials_expiry(session)
             with _aws.redacted_logging():
                 token = rds.generate_db_auth_token(
                     DBHostname=host, Port=port, DBUsername=target.user, Region=region
                 )
-            aws_expiry = _aws.credentials_expiry(self._session)
-        except Exception as exc:
+        except _aws.SDK_ERRORS as exc:
             raise CredentialError(
                 f"database {target.alias!r}: {self.describe()} could not sign a token for "
                 f"{target.user}@{host}:{port} in {region}: {_aws.describe_aws_error(exc)}"
-            ) from None
+            ) from secret_free(exc)
         expires_at = now + TOKEN_LIFETIME
         if aws_expiry is not None:
-            # Map the credentials' wall-clock end onto this source's clock.
-            expires_at = min(expires_at, now + (aws_expiry - time.time()))
+            # Both wall-clock times; the engine converts the result to monotonic time once.
+            expires_at = min(expires_at, aws_expiry)
         return Credential(password=str(token), expires_at=expires_at, issued_at=now)
 
 
@@ -195,7 +237,7 @@ def _mariadb_client() -> bool:
         import MySQLdb
 
         info = str(MySQLdb.get_client_info())
-    except Exception:  # pragma: no cover - no MySQLdb at all
+    except ImportError:  # pragma: no cover - no MySQLdb at all
         return True
     # MariaDB Connector/C reports its own 3.x version or a "-MariaDB" server version.
     return "mariadb" in info.lower() or info.startswith("3.")

@@ -7,13 +7,13 @@ import hashlib
 import json
 import logging
 import re
-import threading
-from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
-from ..credentials import Credential, Target
-from ..engine import Clock, RefreshPolicy
-from ..errors import ConfigurationError, CredentialError
+from ..clock import Clock
+from ..deadline import timeout_for
+from ..engine import RefreshPolicy
+from ..errors import ConfigurationError, CredentialError, secret_free
+from ..values import Credential, Target
 from . import _aws
 
 logger = logging.getLogger("iamdb")
@@ -26,6 +26,8 @@ CURRENT, PENDING = "AWSCURRENT", "AWSPENDING"
 PENDING_TTL = 10.0
 #: How long a refused password is remembered (to decide whether to look at AWSPENDING).
 REFUSED_MEMORY = 120.0
+#: How many refused passwords are remembered.
+_REFUSED_KEPT = 8
 
 
 def region_from_arn(secret_id: str) -> str | None:
@@ -60,7 +62,9 @@ class SecretsManagerSecret(_aws.AwsSource):
     """
 
     issues_username = True
-    _transient = ("_refused", "_refused_lock")
+    _transient: ClassVar[tuple[str, ...]] = ("_refused",)
+    #: (digest of a refused password, when on the monotonic clock), newest last.
+    _refused: tuple[tuple[bytes, float], ...]
 
     def __init__(
         self,
@@ -75,16 +79,16 @@ class SecretsManagerSecret(_aws.AwsSource):
         refresh: RefreshPolicy | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(secret_id, str) or not secret_id:
-            raise ConfigurationError("SecretsManagerSecret: secret_id must be a non-empty str")
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise ConfigurationError("SecretsManagerSecret: ttl must be a number of seconds > 0")
-        self.secret_id = secret_id
-        self.region = region
-        self.version_stage = version_stage
-        self.username_key = username_key
-        self.password_key = password_key
-        self.ttl = float(ttl)
+        name = type(self).__name__
+        self.secret_id: str = _aws.check_word(name, "secret_id", secret_id) or ""
+        self.region = _aws.check_region(name, region)
+        in_arn = region_from_arn(self.secret_id)
+        if self.region and in_arn and self.region != in_arn:
+            raise _aws.bad_argument(name, "region", f"None or the ARN's region {in_arn!r}", region)
+        self.version_stage: str = _aws.check_word(name, "version_stage", version_stage) or ""
+        self.username_key: str = _aws.check_word(name, "username_key", username_key) or ""
+        self.password_key: str = _aws.check_word(name, "password_key", password_key) or ""
+        self.ttl = _aws.check_seconds(name, "ttl", ttl)
         self._set_session(session)
         super().__init__(refresh=refresh, clock=clock)
 
@@ -93,7 +97,7 @@ class SecretsManagerSecret(_aws.AwsSource):
         return f"SecretsManagerSecret({self.secret_id!r}{extra})"
 
     def region_for(self, target: Target) -> str:
-        region = self.region or region_from_arn(self.secret_id) or _aws.default_region(self._session)
+        region = self.region or region_from_arn(self.secret_id) or _aws.default_region(self.aws_session())
         if not region:
             raise ConfigurationError(
                 f"database {target.alias!r}: {self.describe()} cannot tell the AWS region: pass region=, "
@@ -107,47 +111,67 @@ class SecretsManagerSecret(_aws.AwsSource):
     # -- fetching ---------------------------------------------------------------------
 
     def fetch(self, target: Target) -> Credential:
-        now = self._clock()
-        current = self._get(target, self.version_stage)
-        assert current is not None
-        credential = self._parse(current, target, self.version_stage)
+        now = self._clock.time()
+        credential = self._read(target, self.version_stage)
+        assert credential is not None
         refresh_after = now + self.ttl
         if self.version_stage == CURRENT and self._was_refused(credential.password):
-            pending = self._get(target, PENDING, missing_ok=True)
-            if pending is not None:
-                candidate = self._parse(pending, target, PENDING)
-                if candidate.password != credential.password and not self._was_refused(candidate.password):
-                    logger.info(
-                        "iamdb: database %r: %s: AWSCURRENT refused; using AWSPENDING (rotation underway)",
-                        target.alias,
-                        self.describe(),
-                    )
-                    credential = candidate
-                    refresh_after = now + min(self.ttl, PENDING_TTL)
+            candidate = self._read(target, PENDING, missing_ok=True)
+            if (
+                candidate is not None
+                and candidate.password != credential.password
+                and not self._was_refused(candidate.password)
+            ):
+                logger.info(
+                    "iamdb: database %r: %s: AWSCURRENT refused; using AWSPENDING (rotation underway)",
+                    target.alias,
+                    self.describe(),
+                )
+                credential = candidate
+                refresh_after = now + min(self.ttl, PENDING_TTL)
         return credential.replace(refresh_after=refresh_after, issued_at=now)
 
-    def _get(self, target: Target, stage: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    def _read(self, target: Target, stage: str, *, missing_ok: bool = False) -> Credential | None:
+        """The credential in ``stage``; None if it is missing and ``missing_ok``.
+
+        An error is raised from this frame after the secret has left it: no frame
+        beneath the error (which Django's debug page shows) holds the secret.
+        """
+        response = self._get(target, stage, missing_ok=missing_ok)
+        if response is None:
+            return None
+        outcome = self._parse(response, target, stage)
+        del response
+        if isinstance(outcome, ConfigurationError):
+            raise outcome
+        return outcome
+
+    def _get(self, target: Target, stage: str, *, missing_ok: bool) -> dict[str, Any] | None:
         region = self.region_for(target)
         try:
-            client = _aws.client("secretsmanager", region, self._session)
+            client = _aws.client(
+                "secretsmanager", region, self.aws_session(), budget=timeout_for(_aws.CALL_TIMEOUT)
+            )
             with _aws.redacted_logging():
                 response: dict[str, Any] = client.get_secret_value(
                     SecretId=self.secret_id, VersionStage=stage
                 )
-        except Exception as exc:
+        except _aws.SDK_ERRORS as exc:
             if missing_ok and _aws.error_code(exc) == "ResourceNotFoundException":
                 return None
             raise CredentialError(
                 f"database {target.alias!r}: {self.describe()} could not read the secret "
                 f"(stage {stage}, region {region}): {_aws.describe_aws_error(exc)}"
-            ) from None
+            ) from secret_free(exc)
         return response
 
-    def _parse(self, response: dict[str, Any], target: Target, stage: str) -> Credential:
+    def _parse(self, response: dict[str, Any], target: Target, stage: str) -> Credential | ConfigurationError:
+        """The credential in a GetSecretValue response, or the error to raise (returned,
+        not raised, so that this frame's locals, which hold the secret, go with it)."""
         where = f"database {target.alias!r}: {self.describe()} (stage {stage})"
         text = response.get("SecretString")
         if not isinstance(text, str):
-            raise ConfigurationError(
+            return ConfigurationError(
                 f"{where}: the secret has no SecretString (binary secrets are not supported)"
             )
         try:
@@ -159,7 +183,7 @@ class SecretsManagerSecret(_aws.AwsSource):
             password = data.get(self.password_key)
             if not isinstance(password, str) or not password:
                 keys = ", ".join(sorted(str(k) for k in data)) or "none"
-                raise ConfigurationError(
+                return ConfigurationError(
                     f"{where}: the JSON secret has no non-empty string {self.password_key!r} key "
                     f"(its keys: {keys}); set password_key="
                 )
@@ -168,9 +192,9 @@ class SecretsManagerSecret(_aws.AwsSource):
         else:
             password = text
         if not password:
-            raise ConfigurationError(f"{where}: the secret is empty")
+            return ConfigurationError(f"{where}: the secret is empty")
         if username is None and not target.user:
-            raise ConfigurationError(
+            return ConfigurationError(
                 f"{where}: USER is empty and the secret has no {self.username_key!r} key"
             )
         return Credential(password=password, username=username)
@@ -181,16 +205,17 @@ class SecretsManagerSecret(_aws.AwsSource):
         # Remember what the server refused: the next fetch then looks at AWSPENDING too.
         # (The cache spaces the re-fetches that many refused connections cause.)
         if password is not None:
-            with self._refused_lock:
-                self._refused.append((_digest(password), self._clock()))
+            # An immutable tuple, replaced whole: readers and writers take no lock. Two
+            # refusals recorded at the same instant may keep only one (the next refusal
+            # records it again).
+            entry = (_digest(password), self._clock.monotonic())
+            self._refused = (*self._refused[-(_REFUSED_KEPT - 1) :], entry)
         super().invalidate(target, password=password)
 
     def _was_refused(self, password: str) -> bool:
-        digest, since = _digest(password), self._clock() - REFUSED_MEMORY
-        with self._refused_lock:
-            return any(d == digest and at > since for d, at in self._refused)
+        digest, since = _digest(password), self._clock.monotonic() - REFUSED_MEMORY
+        return any(d == digest and at > since for d, at in self._refused)
 
     def _new_transient_state(self) -> None:
-        self._refused: deque[tuple[bytes, float]] = deque(maxlen=8)
-        self._refused_lock = threading.Lock()
+        self._refused = ()
         super()._new_transient_state()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import OperationalError
@@ -16,6 +18,7 @@ from django.db.utils import OperationalError
 from iamdb import CredentialError
 from iamdb.sources import SecretsManagerSecret, _aws
 from tests.conftest import DbUser, make_wrapper, new_password
+from tests.leakscan import LeakScan
 from tests.load import run_load
 from tests.services.moto import MotoServer
 from tests.services.postgres import free_port
@@ -59,22 +62,22 @@ def rds_secret(user: DbUser, password: str | None = None) -> str:
     )
 
 
-def count_get_secret_value(source: SecretsManagerSecret) -> list[int]:
-    """Counts the GetSecretValue calls the source's own client makes (real HTTP calls)."""
+@pytest.fixture
+def get_secret_value_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the GetSecretValue calls iamdb's own clients make (real HTTP calls),
+    whatever timeout bucket each client serves."""
+    import botocore.client
+
     calls = [0]
+    real = botocore.client.BaseClient._make_api_call
 
-    def counted(**kwargs: Any) -> None:
-        calls[0] += 1
+    def counted(client: Any, operation: str, params: Any) -> Any:
+        if operation == "GetSecretValue" and hasattr(client, "_iamdb_session"):
+            calls[0] += 1
+        return real(client, operation, params)
 
-    client = _aws.client("secretsmanager", source.region_for(make_target()), source._session)
-    client.meta.events.register("after-call.secrets-manager.GetSecretValue", counted)
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
     return calls
-
-
-def make_target() -> Any:
-    from iamdb import Target
-
-    return Target()
 
 
 def test_login_with_the_user_and_password_in_an_rds_secret(
@@ -98,12 +101,12 @@ def test_a_plain_string_secret_is_the_password(db_user: DbUser, admin: Any, secr
 
 @pytest.mark.slow
 def test_rotation_under_load_fails_no_request_and_makes_few_calls(
-    db_user: DbUser, admin: Any, secret_name: str
+    db_user: DbUser, admin: Any, secret_name: str, get_secret_value_calls: list[int]
 ) -> None:
     """The server's password changes first; the secret is updated a moment later, repeatedly."""
     admin.create_secret(Name=secret_name, SecretString=rds_secret(db_user))
     source = SecretsManagerSecret(secret_name, ttl=3600)
-    calls = count_get_secret_value(source)
+    calls = get_secret_value_calls
     settings_dict = db_user.settings(source, OPTIONS={"iamdb": {"retry_budget": 10}})
     rotations = 4
 
@@ -165,7 +168,12 @@ def test_managed_rotation_uses_awspending_until_it_finishes(
     wrapper.close()
 
 
-def test_a_json_secret_without_the_password_key(db_user: DbUser, admin: Any, secret_name: str) -> None:
+def test_a_json_secret_without_the_password_key(
+    db_user: DbUser, admin: Any, secret_name: str, leaks: LeakScan
+) -> None:
+    # The other keys' values are secrets too: neither the message nor a frame that
+    # Django's debug page shows (the leak scan renders it) holds them.
+    leaks.add("hunter2x")
     admin.create_secret(
         Name=secret_name, SecretString=json.dumps({"username": db_user.name, "pass": "hunter2x"})
     )
@@ -175,6 +183,7 @@ def test_a_json_secret_without_the_password_key(db_user: DbUser, admin: Any, sec
     message = str(info.value)
     assert "'billing'" in message and secret_name in message and "'password'" in message
     assert "hunter2x" not in message
+    assert "pass, username" in message  # the keys it has, never their values
 
 
 def test_a_missing_secret(db_user: DbUser, moto_server: MotoServer) -> None:
@@ -188,6 +197,31 @@ def test_a_missing_secret(db_user: DbUser, moto_server: MotoServer) -> None:
         and "iamdb/no/such/secret" in message
         and "ResourceNotFoundException" in message
     )
+    # botocore's error is the cause, without the frames beneath it (they hold the request).
+    cause = info.value.__cause__
+    assert isinstance(cause, botocore.exceptions.ClientError)
+    assert cause.__traceback__ is None
+    assert cause.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_an_error_holds_no_session_token(db_user: DbUser, moto_server: MotoServer, leaks: LeakScan) -> None:
+    """The request botocore signed (with an STS session token) stays out of the error's chain."""
+    token = "FQoGZXIvYXdzEXAMPLESESSIONTOKEN" + new_password()
+    leaks.add(token)
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token=token
+    )
+    source = SecretsManagerSecret("iamdb/no/such/secret", session=session)
+    wrapper = make_wrapper(db_user.settings(source), alias="billing")
+    with pytest.raises(CredentialError) as info:
+        wrapper.ensure_connection()
+    chain: list[BaseException] = []
+    error: BaseException | None = info.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(e, botocore.exceptions.ClientError) for e in chain)
+    assert all(e.__traceback__ is None for e in chain[1:])
 
 
 def test_an_unreachable_endpoint(
@@ -202,8 +236,28 @@ def test_an_unreachable_endpoint(
 
 
 @pytest.mark.parametrize("vendor", ["postgresql"])
+def test_a_silent_endpoint_fails_within_the_retry_budget(
+    db_user: DbUser, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that accepts connections and never answers: the client's timeouts and
+    attempts fit the time the connection has left (botocore's defaults: 3 x 60 s)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        source = SecretsManagerSecret("iamdb/any", session=boto3.session.Session())
+        wrapper = make_wrapper(db_user.settings(source, OPTIONS={"iamdb": {"retry_budget": 1}}))
+        started = time.monotonic()
+        with pytest.raises(CredentialError) as info:
+            wrapper.ensure_connection()
+        elapsed = time.monotonic() - started
+    assert "ReadTimeoutError" in str(info.value)
+    assert elapsed < 1 + 3, elapsed
+
+
+@pytest.mark.parametrize("vendor", ["postgresql"])
 def test_secrets_never_reach_the_logs(
-    db_user: DbUser, admin: Any, secret_name: str, caplog: pytest.LogCaptureFixture
+    db_user: DbUser, admin: Any, secret_name: str, caplog: pytest.LogCaptureFixture, leaks: LeakScan
 ) -> None:
     caplog.set_level(logging.DEBUG)
     admin.create_secret(Name=secret_name, SecretString=rds_secret(db_user))
@@ -218,5 +272,6 @@ def test_secrets_never_reach_the_logs(
     # Control: the same call made outside iamdb logs the password.
     caplog.clear()
     client = _aws.client("secretsmanager", "us-east-1", None)
-    client.get_secret_value(SecretId=secret_name)
-    assert db_user.password in "\n".join(record.getMessage() for record in caplog.records)
+    with leaks.paused():
+        client.get_secret_value(SecretId=secret_name)
+        assert db_user.password in "\n".join(record.getMessage() for record in caplog.records)

@@ -6,6 +6,8 @@ The product finds it the way it finds AWS: through boto3's configuration
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import shutil
 import socket
 import subprocess
@@ -65,9 +67,57 @@ class MotoServer:
         }
 
     def admin_client(self) -> Any:
-        """A Secrets Manager client for the tests themselves (creating, rotating secrets)."""
+        """A Secrets Manager client for the tests themselves (creating, rotating secrets).
+
+        botocore logs each request body at DEBUG, the ``SecretString`` a test writes
+        included: those records of the admin client's calls are dropped, so that the
+        logs the tests scan hold what iamdb's own calls log, and nothing else."""
         import boto3
 
-        return boto3.session.Session(
+        client = boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.region
         ).client("secretsmanager", endpoint_url=self.url)
+        _quiet_loggers()
+        return _AdminClient(client)
+
+
+_admin_call: contextvars.ContextVar[bool] = contextvars.ContextVar("moto_admin_call", default=False)
+
+
+class _DuringAdminCalls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _admin_call.get()
+
+
+_filter = _DuringAdminCalls()
+
+
+def _quiet_loggers() -> None:
+    """Drop, on this thread, the botocore and urllib3 records of an admin call."""
+    names = {"urllib3.connectionpool"}
+    names |= {name for name in logging.Logger.manager.loggerDict if name.startswith("botocore")}
+    for name in names:
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)
+
+
+class _AdminClient:
+    """A boto3 client whose calls log nothing (see :meth:`MotoServer.admin_client`)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def quiet(*args: Any, **kwargs: Any) -> Any:
+            token = _admin_call.set(True)
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                _admin_call.reset(token)
+
+        return quiet

@@ -6,13 +6,17 @@ import datetime
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
+import time
 from types import MappingProxyType
 from typing import Any
 
 import boto3
 import botocore.credentials
+import botocore.exceptions
 import botocore.session
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -21,6 +25,7 @@ from iamdb import CredentialError, Target
 from iamdb.sources import RdsIamToken, SecretsManagerSecret, _aws
 from iamdb.sources.rds import region_from_host
 from iamdb.sources.secretsmanager import region_from_arn
+from tests.fakeclock import FakeClock
 
 TLS_PG = {"sslmode": "verify-full", "sslrootcert": "/ca.pem"}
 
@@ -150,22 +155,25 @@ def test_tokens_are_cached_per_endpoint_and_user() -> None:
 
 
 def test_a_token_lives_15_minutes_and_never_past_the_aws_credentials() -> None:
-    clock = [1_000_000.0]
-    source = RdsIamToken(session=session(), clock=lambda: clock[0])
-    assert source.get_credentials(target()).expires_at == clock[0] + 900
+    # The wall clock is the real one's, as botocore's temporary credentials are.
+    clock = FakeClock(wall=time.time())
+    source = RdsIamToken(session=session(), clock=clock)
+    credential = source.get_credentials(target())
+    assert credential.issued_at == clock.time() and credential.expires_at == clock.time() + 900
     # Temporary credentials that end in 12 minutes bound the token (botocore itself
     # refreshes them once less than 10 minutes are left).
     botocore_session = botocore.session.Session()
-    ends = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=12)
+    clock = FakeClock(wall=time.time())
+    ends = datetime.datetime.fromtimestamp(clock.time() + 12 * 60, datetime.timezone.utc)
     same = {"access_key": "AKIDTEMP", "secret_key": "secret", "token": "t", "expiry_time": ends.isoformat()}
     botocore_session._credentials = botocore.credentials.RefreshableCredentials.create_from_metadata(
         same, refresh_using=lambda: same, method="test"
     )
     temporary = boto3.session.Session(botocore_session=botocore_session, region_name="us-east-1")
-    source = RdsIamToken(session=temporary, clock=lambda: clock[0])
+    source = RdsIamToken(session=temporary, clock=clock)
     credential = source.get_credentials(target())
     assert credential.expires_at is not None
-    assert 700 < credential.expires_at - clock[0] <= 720
+    assert 719 < credential.expires_at - clock.time() < 721  # not 900
 
 
 def test_no_aws_credentials_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -182,7 +190,9 @@ def test_no_aws_credentials_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tm
     assert (
         "'orders'" in message and "no AWS credentials found" in message and "app@db.internal:5432" in message
     )
-    assert info.value.__cause__ is None  # not a botocore traceback
+    # botocore's exception is the cause, without its frames (which hold what was signed).
+    assert isinstance(info.value.__cause__, botocore.exceptions.NoCredentialsError)
+    assert info.value.__cause__.__traceback__ is None
 
 
 def test_one_client_per_service_region_and_session() -> None:
@@ -222,7 +232,7 @@ def test_sources_survive_pickling(monkeypatch: pytest.MonkeyPatch) -> None:
     assert token not in repr(pickle.dumps(source))
     assert copy.describe() == source.describe()
     named = pickle.loads(pickle.dumps(RdsIamToken(session=boto3.session.Session(region_name="eu-west-1"))))
-    assert named._session is not None
+    assert named.aws_session().region_name == "eu-west-1"
     secret = pickle.loads(pickle.dumps(SecretsManagerSecret("prod/db", region="eu-west-1", ttl=60)))
     assert (secret.secret_id, secret.region, secret.ttl) == ("prod/db", "eu-west-1", 60)
 
@@ -257,3 +267,264 @@ def test_importing_the_rds_source_enables_the_mysql_cleartext_plugin() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert result.stdout.strip() == "1", result.stderr
+
+
+# -- fork while a lock is held (issue 7) ---------------------------------------------------
+
+
+def in_forked_child(func: Any, timeout: float = 15.0) -> str:
+    """Fork; run ``func`` in the child and return what it reported: ``"ok <result>"``,
+    ``"error <type>: <message>"``, or ``"hung"`` if it did not finish within ``timeout``."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read)
+            try:
+                report = f"ok {func()}"
+            except BaseException as exc:
+                report = f"error {type(exc).__name__}: {exc}"
+            os.write(write, report.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + timeout
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "hung"
+            time.sleep(0.02)
+        return os.read(read, 4096).decode()
+    finally:
+        os.close(read)
+
+
+class Blocker:
+    """Makes a helper thread block inside a hook, only in this (the parent) process."""
+
+    def __init__(self) -> None:
+        self.parent = os.getpid()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def block(self) -> None:
+        if os.getpid() == self.parent:
+            self.entered.set()
+            self.release.wait(30)
+
+    def fork_while_inside(self, call: Any, child: Any) -> str:
+        """Start ``call`` in a thread, fork once it blocks in the hook, run ``child`` there."""
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        try:
+            assert self.entered.wait(10), "the helper thread never reached the hook"
+            return in_forked_child(child)
+        finally:
+            self.release.set()
+            thread.join(10)
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:
+        """Make ``owner.name(...)`` block in the parent before doing its work."""
+        real = getattr(owner, name)
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            self.block()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, blocking)
+
+
+def environment_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys and region for boto3's default chain (iamdb's own default Session)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+
+
+def test_fork_while_another_thread_creates_the_aws_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module lock is held while a client is made: the child makes its own."""
+    own = session()
+    source = RdsIamToken(session=own)
+    blocker = Blocker()
+    blocker.patch(monkeypatch, own, "client")
+    report = blocker.fork_while_inside(
+        lambda: source.get_password(target()), lambda: "DBUser=app" in source.get_password(target())
+    )
+    assert report == "ok True"
+
+
+def test_fork_while_another_thread_creates_the_default_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    environment_credentials(monkeypatch)
+    monkeypatch.setattr(_aws, "_default_session", None)
+    source = RdsIamToken()
+    blocker = Blocker()
+    blocker.patch(monkeypatch, boto3.session, "Session")
+    report = blocker.fork_while_inside(
+        lambda: source.get_password(target()), lambda: "eu-west-1" in source.get_password(target())
+    )
+    assert report == "ok True"
+
+
+def test_the_cached_token_path_takes_no_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """region=None and a HOST that is not an endpoint name: boto3's region, found once."""
+    environment_credentials(monkeypatch)
+    source = RdsIamToken()
+    token = source.get_password(target())
+    got: list[str] = []
+    with _aws._lock:  # held, as by a thread stuck creating a client
+        thread = threading.Thread(target=lambda: got.append(source.get_password(target())), daemon=True)
+        thread.start()
+        thread.join(5)
+        assert got == [token]
+        assert in_forked_child(lambda: source.get_password(target()) == token) == "ok True"
+
+
+def credential_process_profile(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, minutes: float) -> str:
+    """A profile whose temporary credentials come from a process and end in ``minutes``:
+    botocore refreshes them (under its lock) on every use in their last 10 minutes."""
+    script = tmp_path / "credentials.py"
+    script.write_text(
+        "import datetime, json\n"
+        f"end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes={minutes!r})\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': 'AKIDPROC', 'SecretAccessKey': 's',\n"
+        "                  'SessionToken': 't', 'Expiration': end.isoformat()}))\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(
+        f"[profile iamdbproc]\ncredential_process = {sys.executable} {script}\nregion = eu-west-2\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    return "iamdbproc"
+
+
+def test_fork_while_another_thread_refreshes_the_sessions_credentials(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Session passed by the user is re-created from its profile and region in the child."""
+    profile = credential_process_profile(tmp_path, monkeypatch, minutes=5)
+    own = boto3.session.Session(profile_name=profile)
+    source = RdsIamToken(session=own)
+    assert "AKIDPROC" in source.get_password(target())
+    held = own.get_credentials()._refresh_lock
+    blocker = Blocker()
+
+    def refreshing() -> None:
+        with held:
+            blocker.block()
+
+    report = blocker.fork_while_inside(refreshing, lambda: source.get_password(target(user="other")))
+    assert report.startswith("ok ") and "AKIDPROC" in report and "DBUser=other" in report, report
+    assert "eu-west-2" in report
+
+
+def test_a_forked_child_keeps_the_keys_of_the_session_it_was_given() -> None:
+    source = RdsIamToken(session=session(region="ap-south-1"))
+    report = in_forked_child(lambda: source.get_password(target()))
+    assert report.startswith("ok ") and "AKIDTEST" in report and "ap-south-1" in report, report
+
+
+# -- constructor arguments (issue 7) -------------------------------------------------------
+
+RDS_BAD_ARGUMENTS = [
+    ("region", ""),
+    ("region", " "),
+    ("region", 42),
+    ("region", "eu west 1"),
+    ("signing_host", ""),
+    ("signing_host", 10),
+    ("signing_host", "db .example"),
+    ("signing_port", 0),
+    ("signing_port", 65536),
+    ("signing_port", True),
+    ("signing_port", "5432"),
+    ("session", "default"),
+    ("session", botocore.session.Session()),
+    ("allow_insecure_transport", "false"),
+    ("allow_insecure_transport", 1),
+    ("refresh", {"advisory": 0.5}),
+    ("clock", object()),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), RDS_BAD_ARGUMENTS)
+def test_bad_rds_arguments_are_named(name: str, value: Any) -> None:
+    with pytest.raises(ImproperlyConfigured) as info:
+        RdsIamToken(**{name: value})
+    message = str(info.value)
+    assert message.startswith(f"RdsIamToken: {name} must be "), message
+
+
+SECRETS_BAD_ARGUMENTS = [
+    ("secret_id", ""),
+    ("secret_id", "  "),
+    ("secret_id", None),
+    ("secret_id", 5),
+    ("secret_id", "prod db"),
+    ("region", ""),
+    ("region", 1),
+    ("version_stage", ""),
+    ("version_stage", None),
+    ("username_key", ""),
+    ("password_key", ""),
+    ("password_key", 0),
+    ("ttl", 0),
+    ("ttl", -1),
+    ("ttl", float("nan")),
+    ("ttl", float("inf")),
+    ("ttl", True),
+    ("ttl", "300"),
+    ("ttl", None),
+    ("session", object()),
+    ("refresh", 1),
+    ("clock", "now"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), SECRETS_BAD_ARGUMENTS)
+def test_bad_secrets_manager_arguments_are_named(name: str, value: Any) -> None:
+    kwargs: dict[str, Any] = {"secret_id": "prod/db", name: value}
+    with pytest.raises(ImproperlyConfigured) as info:
+        SecretsManagerSecret(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"SecretsManagerSecret: {name} must be "), message
+
+
+def test_a_region_that_contradicts_the_arn() -> None:
+    arn = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:db-AbCdEf"
+    with pytest.raises(ImproperlyConfigured, match="region must be"):
+        SecretsManagerSecret(arn, region="us-east-1")
+    assert SecretsManagerSecret(arn, region="eu-central-1").region == "eu-central-1"
+
+
+def test_good_arguments_are_kept() -> None:
+    source = RdsIamToken(
+        "eu-west-1", signing_host="db.example", signing_port=6432, allow_insecure_transport=True
+    )
+    assert (source.region, source.signing_host, source.signing_port) == ("eu-west-1", "db.example", 6432)
+    assert SecretsManagerSecret("prod/db", ttl=1).ttl == 1.0
+
+
+# -- the per-target work is done once (issue 7) --------------------------------------------
+
+
+def test_the_endpoint_name_is_parsed_once_per_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iamdb.sources import rds
+
+    calls: list[str] = []
+    real = rds.region_from_host
+
+    def counted(host: str) -> str | None:
+        calls.append(host)
+        return real(host)
+
+    monkeypatch.setattr(rds, "region_from_host", counted)
+    source = RdsIamToken(session=session())
+    rds_host = "mydb.c9akciq32.eu-west-1.rds.amazonaws.com"
+    tokens = {source.get_password(target(host=rds_host)) for _ in range(5)}
+    assert len(tokens) == 1 and "eu-west-1" in tokens.pop()
+    other = source.get_password(target(host=rds_host, user="other"))
+    assert "DBUser=other" in other
+    assert len(calls) <= 2, calls
