@@ -32,10 +32,12 @@ if not settings.configured:
     django.setup()
 
 import boto3
+import botocore.client
 
 from iamdb import Target
 from iamdb.sources import RdsIamToken, SecretsManagerSecret, _aws
 from tests.conftest import make_wrapper
+from tests.fakeclock import FakeClock, run_now
 from tests.services.moto import MotoServer
 
 
@@ -86,41 +88,48 @@ def get_secret_value_per_hour(moto: MotoServer) -> None:
     print("  (Django's stock backend with a static password: 0 calls)")
     try:
         for label, rotate_every in (("no rotation", None), ("rotation every 10 minutes", 600.0)):
-            now = [0.0]
-            source = SecretsManagerSecret(name, ttl=300, clock=lambda now=now: now[0])
-            # The engine waits between re-fetches after refusals: on the simulated clock.
-            source._cache._sleep = lambda seconds, now=now: now.__setitem__(0, now[0] + seconds)
+            # The engine's waits between re-fetches after refusals advance the simulated clock.
+            clock = FakeClock(now=0.0)
+            source = SecretsManagerSecret(name, ttl=300, clock=clock)
+            source._cache._spawn = run_now  # background refreshes at once, on the simulated clock
             calls = [0]
-            client = _aws.client("secretsmanager", "us-east-1", None)
+            real_call = botocore.client.BaseClient._make_api_call
 
-            def counted(calls: list[int] = calls, **kwargs: Any) -> None:
-                calls[0] += 1
+            def counted(client: Any, operation: str, params: Any, calls: list[int] = calls) -> Any:
+                if operation == "GetSecretValue" and hasattr(client, "_iamdb_session"):
+                    calls[0] += 1
+                return real_call(client, operation, params)
 
-            client.meta.events.register("after-call.secrets-manager.GetSecretValue", counted)
+            botocore.client.BaseClient._make_api_call = counted  # type: ignore[method-assign]
             server_password = "p0"
             next_rotation = rotate_every or float("inf")
             version = 0
+            publish_at = float("inf")
             target = Target(user="app")
             refused = 0
-            for i in range(36_000):
-                now[0] = max(now[0], i / 10)
-                if now[0] >= next_rotation:  # the server first, the secret a second later
-                    version += 1
-                    server_password = f"p{version}"
-                    next_rotation += rotate_every or 0
-                    publish_at = now[0] + 1.0
-                if version and now[0] >= publish_at:
-                    admin.put_secret_value(
-                        SecretId=name,
-                        SecretString=json.dumps({"username": "app", "password": server_password}),
-                    )
-                    publish_at = float("inf")
-                # A refused login invalidates; the backend's retry is the next request.
-                password = source.get_password(target)
-                if password != server_password:
-                    refused += 1
-                    source.invalidate(target, password=password)
-            client.meta.events.unregister("after-call.secrets-manager.GetSecretValue", counted)
+            try:
+                for i in range(36_000):
+                    if clock.monotonic() < i / 10:
+                        clock.advance(i / 10 - clock.monotonic())
+                    now = clock.monotonic()
+                    if now >= next_rotation:  # the server first, the secret a second later
+                        version += 1
+                        server_password = f"p{version}"
+                        next_rotation += rotate_every or 0
+                        publish_at = now + 1.0
+                    if now >= publish_at:
+                        admin.put_secret_value(
+                            SecretId=name,
+                            SecretString=json.dumps({"username": "app", "password": server_password}),
+                        )
+                        publish_at = float("inf")
+                    # A refused login invalidates; the backend's retry is the next request.
+                    password = source.get_password(target)
+                    if password != server_password:
+                        refused += 1
+                        source.invalidate(target, password=password)
+            finally:
+                botocore.client.BaseClient._make_api_call = real_call  # type: ignore[method-assign]
             print(f"  {label:<28} ttl=300 s: {calls[0]:5d} calls, {refused} refused logins")
     finally:
         admin.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)

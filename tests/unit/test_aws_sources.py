@@ -22,6 +22,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from iamdb import CredentialError, Target
+from iamdb.deadline import Deadline
 from iamdb.sources import RdsIamToken, SecretsManagerSecret, _aws
 from iamdb.sources.rds import region_from_host
 from iamdb.sources.secretsmanager import region_from_arn
@@ -528,3 +529,96 @@ def test_the_endpoint_name_is_parsed_once_per_target(monkeypatch: pytest.MonkeyP
     other = source.get_password(target(host=rds_host, user="other"))
     assert "DBUser=other" in other
     assert len(calls) <= 2, calls
+
+
+# -- deadlines (issue 7) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("budget", "seconds", "attempts"),
+    [(0.5, 1.0, 1), (1.0, 1.0, 1), (1.5, 1.0, 2), (3.0, 2.5, 2), (7.0, 3.0, 3), (None, 3.0, 3), (60, 3.0, 3)],
+)
+def test_clients_fit_the_time_the_caller_has_left(
+    budget: float | None, seconds: float, attempts: int
+) -> None:
+    config = _aws.client("secretsmanager", "us-east-1", session(), budget=budget).meta.config
+    assert config.read_timeout == seconds
+    assert config.connect_timeout <= seconds
+    assert config.retries == {"mode": "standard", "total_max_attempts": attempts}
+    # Within its bucket, attempts x timeout fits the time rounded up to the bucket.
+    bucket = _aws.bucket_for(_aws.CALL_TIMEOUT if budget is None else budget)
+    assert attempts * seconds <= bucket.budget
+
+
+def test_a_lock_wait_ends_at_the_deadline() -> None:
+    """A thread stuck while holding the AWS lock delays others until their deadline, no more."""
+    source = RdsIamToken(session=session())
+    errors: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            source.get_credentials(target(), deadline=Deadline.after(0.5))
+        except CredentialError as exc:
+            errors.append(exc)
+
+    with _aws._lock:
+        thread = threading.Thread(target=connect, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(5)
+        elapsed = time.monotonic() - started
+    assert not thread.is_alive() and len(errors) == 1
+    assert "another thread creating an AWS client" in str(errors[0]) and "'orders'" in str(errors[0])
+    assert elapsed < 0.5 + 1.5
+
+
+# -- errors (issue 7) ------------------------------------------------------------------------
+
+
+def test_an_iamdb_bug_is_not_reported_as_an_aws_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only botocore's exceptions are translated; anything else surfaces as what it is."""
+
+    def broken(session: Any = None) -> float:
+        raise RuntimeError("a bug of iamdb's")
+
+    monkeypatch.setattr(_aws, "credentials_expiry", broken)
+    with pytest.raises(CredentialError) as info:
+        RdsIamToken(session=session()).get_credentials(target())
+    assert "could not sign a token" not in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+# -- one clock (issue 7) ---------------------------------------------------------------------
+
+
+def test_a_token_outlives_a_wall_clock_step() -> None:
+    """Token times are written on the wall clock; the engine decides on monotonic time."""
+    clock = FakeClock()
+    source = RdsIamToken(session=session(), clock=clock)
+    credential = source.get_credentials(target())
+    assert credential.issued_at == clock.time() and credential.expires_at == clock.time() + 900
+    clock.step_wall(3600)  # NTP moves the wall clock an hour: the token is not over
+    assert source.get_password(target()) == credential.password
+    clock.step_wall(-7200)
+    assert source.get_password(target()) == credential.password
+    assert source._cache.fetches == 1
+    clock.advance(900)  # 15 minutes on the monotonic clock: a new token
+    assert source.get_credentials(target()).issued_at == clock.time()
+    assert source._cache.fetches == 2
+
+
+def test_refused_passwords_are_remembered_on_the_monotonic_clock() -> None:
+    clock = FakeClock()
+    source = SecretsManagerSecret("prod/db", region="eu-west-1", clock=clock)
+    source.invalidate(target(), password="pw-refused-by-the-server")
+    assert source._was_refused("pw-refused-by-the-server")
+    assert not source._was_refused("pw-another-one")
+    clock.step_wall(-3600)
+    assert source._was_refused("pw-refused-by-the-server")
+    clock.step_wall(7200)
+    assert source._was_refused("pw-refused-by-the-server")
+    clock.advance(121)  # REFUSED_MEMORY is 120 s
+    assert not source._was_refused("pw-refused-by-the-server")
+    for n in range(10):  # the memory is bounded
+        source.invalidate(target(), password=f"pw-refused-number-{n}")
+    assert len(source._refused) == 8 and source._was_refused("pw-refused-number-9")
