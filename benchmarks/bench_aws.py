@@ -86,6 +86,7 @@ def get_secret_value_per_hour(moto: MotoServer) -> None:
     admin.create_secret(Name=name, SecretString=json.dumps({"username": "app", "password": "p0"}))
     print("\nGetSecretValue calls in one simulated hour, 10 new connections per second (36,000)")
     print("  (Django's stock backend with a static password: 0 calls)")
+    real_call = botocore.client.BaseClient._make_api_call
     try:
         for label, rotate_every in (("no rotation", None), ("rotation every 10 minutes", 600.0)):
             # The engine's waits between re-fetches after refusals advance the simulated clock.
@@ -93,7 +94,6 @@ def get_secret_value_per_hour(moto: MotoServer) -> None:
             source = SecretsManagerSecret(name, ttl=300, clock=clock)
             source._cache._spawn = run_now  # background refreshes at once, on the simulated clock
             calls = [0]
-            real_call = botocore.client.BaseClient._make_api_call
 
             def counted(client: Any, operation: str, params: Any, calls: list[int] = calls) -> Any:
                 if operation == "GetSecretValue" and hasattr(client, "_iamdb_session"):
