@@ -210,9 +210,10 @@ def test_password_changed_behind_the_apps_back(
         # Refused, retried with the secret read again for most of the budget, then given up.
         assert "refused" in str(outcome.error), str(outcome.error)
         assert outcome.seconds >= RETRY_BUDGET / 2, f"gave up after {outcome.seconds:.2f} s"
-    # A handful of reads (each refetch reads AWSCURRENT and AWSPENDING), not one per attempt.
+    # A handful of reads (a refetch after a refusal reads AWSCURRENT and AWSPENDING), shared
+    # by the threads: not one per refused login per thread.
     assert fetches <= 4 * 2 * RETRY_BUDGET, f"{fetches} reads of the secret for {logins} logins"
-    assert fetches * 3 <= logins, f"{fetches} reads of the secret for {logins} logins"
+    assert fetches * 2 <= logins, f"{fetches} reads of the secret for {logins} logins"
     first = load.first_success(after=fixed)
     assert first is not None and first.ended - fixed < 4.0, load.summary(start=fixed)
     assert not load.failures(start=first.ended), load.summary(start=first.ended)
