@@ -15,9 +15,10 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import OperationalError
 
-from iamdb import CredentialError
+from iamdb import CredentialError, Target
 from iamdb.sources import SecretsManagerSecret, _aws
 from tests.conftest import DbUser, make_wrapper, new_password
+from tests.fakeclock import FakeClock, run_now
 from tests.leakscan import LeakScan
 from tests.load import run_load
 from tests.services.moto import MotoServer
@@ -90,6 +91,68 @@ def test_login_with_the_user_and_password_in_an_rds_secret(
     assert whoami(wrapper) == db_user.name
     wrapper.close()
     assert settings_dict["USER"] == "" and settings_dict["PASSWORD"] is source
+    # The secret's user name wins over USER.
+    wrapper = make_wrapper(db_user.settings(source, USER="someone_else"))
+    assert whoami(wrapper) == db_user.name
+    wrapper.close()
+
+
+def simulated(ttl: float, secret_name: str) -> tuple[SecretsManagerSecret, FakeClock]:
+    """A source on a fake clock whose background refreshes run at once, in the caller's thread."""
+    clock = FakeClock()
+    source = SecretsManagerSecret(secret_name, ttl=ttl, clock=clock)
+    source._cache._spawn = run_now
+    return source, clock
+
+
+def test_the_secret_is_read_again_after_ttl(
+    moto_server: MotoServer, admin: Any, secret_name: str, get_secret_value_calls: list[int]
+) -> None:
+    admin.create_secret(Name=secret_name, SecretString="pw-first-value-1234")
+    source, clock = simulated(60, secret_name)
+    user = Target(user="app")
+    assert source.get_password(user) == "pw-first-value-1234"
+    admin.put_secret_value(SecretId=secret_name, SecretString="pw-second-value-5678")
+    clock.advance(59)
+    assert source.get_password(user) == "pw-first-value-1234"
+    assert get_secret_value_calls == [1]
+    clock.advance(2)  # past the ttl: this request gets the value it knows, and starts a read
+    assert source.get_password(user) == "pw-first-value-1234"
+    assert get_secret_value_calls == [2]
+    assert source.get_password(user) == "pw-second-value-5678"
+
+
+def test_awspending_only_after_a_refusal_and_for_10_seconds(
+    moto_server: MotoServer, admin: Any, secret_name: str, get_secret_value_calls: list[int]
+) -> None:
+    """A rotation between setSecret and finishSecret: the server has the AWSPENDING password."""
+    admin.create_secret(Name=secret_name, SecretString="pw-current-value-1234")
+    admin.put_secret_value(
+        SecretId=secret_name, SecretString="pw-pending-value-5678", VersionStages=["AWSPENDING"]
+    )
+    source, clock = simulated(3600, secret_name)
+    user = Target(user="app")
+    # AWSCURRENT works (as far as anyone knows): AWSPENDING is not even read.
+    assert source.get_password(user) == "pw-current-value-1234"
+    assert get_secret_value_calls == [1]
+    source.invalidate(user, password="pw-current-value-1234")  # the server refused it
+    clock.advance(1)
+    assert source.get_password(user) == "pw-pending-value-5678"
+    assert get_secret_value_calls == [3]  # AWSCURRENT again, then AWSPENDING
+    clock.advance(9)
+    assert source.get_password(user) == "pw-pending-value-5678"
+    assert get_secret_value_calls == [3]
+    clock.advance(2)  # 10 s on AWSPENDING: AWSCURRENT is read again
+    source.get_password(user)
+    assert get_secret_value_calls[0] >= 4
+
+
+def test_a_binary_secret_is_not_supported(db_user: DbUser, admin: Any, secret_name: str) -> None:
+    admin.create_secret(Name=secret_name, SecretBinary=b"pw-binary-secret-1234")
+    wrapper = make_wrapper(db_user.settings(SecretsManagerSecret(secret_name)), alias="billing")
+    with pytest.raises(ImproperlyConfigured) as info:
+        wrapper.ensure_connection()
+    assert "binary secrets are not supported" in str(info.value) and "'billing'" in str(info.value)
 
 
 def test_a_plain_string_secret_is_the_password(db_user: DbUser, admin: Any, secret_name: str) -> None:

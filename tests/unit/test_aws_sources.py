@@ -622,3 +622,44 @@ def test_refused_passwords_are_remembered_on_the_monotonic_clock() -> None:
     for n in range(10):  # the memory is bounded
         source.invalidate(target(), password=f"pw-refused-number-{n}")
     assert len(source._refused) == 8 and source._was_refused("pw-refused-number-9")
+
+
+def test_a_token_is_renewed_from_11_minutes_in_the_background_and_by_everyone_from_13() -> None:
+    clock = FakeClock()
+    source = RdsIamToken(session=session(), clock=clock)
+    refreshes: list[Any] = []
+    source._cache._spawn = refreshes.append  # the background refreshes, run when the test says
+    first = source.get_credentials(target())
+    clock.advance(11 * 60 + 14)
+    assert source.get_credentials(target()) is first and refreshes == []
+    clock.advance(2)  # 11 1/4 minutes: the token is still handed out, a refresh is started
+    assert source.get_credentials(target()) is first and len(refreshes) == 1
+    clock.advance(2 * 60 + 15)  # 13 1/2 minutes: callers wait for a new token
+    renewed = source.get_credentials(target())
+    assert renewed is not first and renewed.issued_at == clock.time()
+
+
+def test_mysqldb_on_oracles_library_imported_first_is_refused() -> None:
+    """Oracle's libmysqlclient reads LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN once, as it loads."""
+    code = (
+        "import MySQLdb, boto3\n"
+        "from types import MappingProxyType\n"
+        "from iamdb import Target\n"
+        "from iamdb.sources import rds\n"
+        "target = Target(alias='orders', vendor='mysql', host='db', user='app',\n"
+        "                options=MappingProxyType({'ssl': {'ca': '/ca.pem'}}))\n"
+        "source = rds.RdsIamToken('us-east-1', session=boto3.session.Session(\n"
+        "    aws_access_key_id='AKIDTEST', aws_secret_access_key='secret'))\n"
+        "source.check_target(target)  # MariaDB Connector/C (this machine): fine\n"
+        "rds._mariadb_client = lambda: False  # as if MySQLdb were built on Oracle's library\n"
+        "try:\n"
+        "    source.check_target(target)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, timeout=60
+    )
+    assert result.stdout.startswith("ConfigurationError "), result.stderr
+    assert "'orders'" in result.stdout and "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN=1" in result.stdout
