@@ -70,8 +70,10 @@ _REQUEST_ERRORS = (vault_errors.VaultError, requests.exceptions.RequestException
 #: What logging in can raise besides: KubernetesAuth reads its JWT file.
 _LOGIN_ERRORS = (*_REQUEST_ERRORS, OSError)
 #: Vault's answers that refuse a token or a lease for good (403, 401, and 400 "invalid":
-#: expired, revoked, past its max TTL, not renewable). Anything else is transient.
+#: expired, revoked, past its max TTL, not renewable).
 _REFUSALS = (vault_errors.Forbidden, vault_errors.Unauthorized, vault_errors.InvalidRequest)
+#: A 500 that refuses for good too: renewing a token in its last second.
+_FINAL_500 = ("past the max ttl", "cannot renew", "not renewable")
 #: Ended leases are remembered this long (for sessions_end), then forgotten.
 _FORGET_AFTER = 3600.0
 
@@ -482,7 +484,7 @@ class VaultDatabaseCredentials(CredentialSource):
             try:
                 granted = self._renew_token(token)
             except _REQUEST_ERRORS as exc:
-                if not isinstance(exc, _REFUSALS):
+                if not _refused(exc):
                     # Sealed, 5xx, rate limited, network: not a refusal. A new login would
                     # orphan the live lease (a new token cannot renew it); keep this token.
                     self.stats.token_renewal_failures += 1
@@ -720,6 +722,17 @@ class VaultDatabaseCredentials(CredentialSource):
 
     def _error(self, target: Target, doing: str, exc: BaseException) -> CredentialError:
         return CredentialError(f"database {target.alias!r}: {self.describe()}: {doing}: {_reason(exc, self)}")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether Vault refused for good (log in again), rather than failed for now (try again
+    later): sealed, 5xx, rate limited, or no answer are transient."""
+    if isinstance(exc, _REFUSALS):
+        return True
+    if isinstance(exc, vault_errors.InternalServerError):
+        text = " ".join(str(error) for error in (exc.errors or [])).lower()
+        return any(words in text for words in _FINAL_500)
+    return False
 
 
 def _reason(exc: BaseException, source: VaultDatabaseCredentials) -> str:

@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from iamdb import ConfigurationError, CredentialError, Target
 from iamdb.sources import VaultDatabaseCredentials
-from iamdb.sources.vault import AppRoleAuth, KubernetesAuth, TokenAuth, _Lease, _Read, _Token
+from iamdb.sources.vault import AppRoleAuth, KubernetesAuth, TokenAuth, _Lease, _Read, _refused, _Token
 
 TOKEN = "s.unit-test-token-value"
 
@@ -182,3 +182,49 @@ def test_missing_token_is_improperly_configured(monkeypatch: pytest.MonkeyPatch,
     source = VaultDatabaseCredentials("app", url="http://127.0.0.1:1")
     with pytest.raises(ImproperlyConfigured, match="no Vault token"):
         source.get_credentials(Target(alias="shop"))
+
+
+def vault_answer(status: int, message: str) -> BaseException:
+    """The exception hvac raises for Vault's answer ``status`` with ``message``."""
+    import hvac
+
+    try:
+        hvac.utils.raise_for_error("PUT", "/v1/auth/token/renew-self", status, errors=[message])
+    except hvac.exceptions.VaultError as exc:
+        return exc
+    raise AssertionError("hvac raised nothing")
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (403, "permission denied"),
+        (401, "missing client token"),
+        (400, "invalid lease ID"),
+        (400, "lease is not renewable"),
+        # OpenBao's answer to renewing a token in its last second: a 500, yet final.
+        (500, "1 error occurred:\n\t* past the max TTL, cannot renew\n\n"),
+    ],
+)
+def test_refusals_are_told_from_transient_errors(status: int, message: str) -> None:
+    assert _refused(vault_answer(status, message))
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (500, "internal error"),
+        (502, "bad gateway"),
+        (503, "Vault is sealed"),
+        (429, 'request path "auth/token/renew-self": rate limit quota exceeded'),
+    ],
+)
+def test_transient_vault_answers_are_not_refusals(status: int, message: str) -> None:
+    assert not _refused(vault_answer(status, message))
+
+
+def test_transport_errors_are_not_refusals() -> None:
+    import requests
+
+    assert not _refused(requests.exceptions.ConnectionError("connection refused"))
+    assert not _refused(requests.exceptions.ReadTimeout("read timed out"))
