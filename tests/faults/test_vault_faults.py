@@ -159,8 +159,10 @@ def assert_down_then_recovered(
     load: Load, began: float, back: float, *, alias: str, more: str = "", pooled: bool = False
 ) -> None:
     assert_clear_failures(load, float("-inf"), float("inf"), alias=alias, source_name=SOURCE)
-    # The lease (3 s) has ended: nothing usable, every request fails.
-    # Requests fail (or wait for Django's pool, up to its timeout, and fail).
+    # While the lease (3 s) is valid, nothing fails.
+    assert not [o for o in load.failures() if o.ended < began + 2.0], load.summary(end=began + 2.0)
+    # Once it has ended, nothing is usable: requests fail (or wait for Django's pool, up
+    # to its timeout, and fail).
     ended = [o for o in load.between() if began + 3.5 < o.ended < back]
     assert ended or pooled, f"no request ended between the lease's end and Vault's return: {load.summary()}"
     assert all(o.error is not None for o in ended), load.summary(began + 3.5, back)
