@@ -129,6 +129,8 @@ class _Lease:
         "pid",
         "refused",
         "renewable",
+        "revoke_at",
+        "revoked",
         "token",
         "username",
     )
@@ -153,6 +155,8 @@ class _Lease:
         self.pid = os.getpid()  # the process that obtained it (and may revoke it at exit)
         self.final = False  # reached its max TTL, or may not be renewed by us
         self.refused = False  # the database refused its password: replace it, revoke it
+        self.revoke_at: float | None = None  # when this source revokes it (refused, replaced)
+        self.revoked = False  # by this source
 
     def end(self) -> float | None:
         """When it ends (monotonic): with its own end, or its token's, whichever is first."""
@@ -161,8 +165,15 @@ class _Lease:
             return ends
         return token_ends if ends is None else min(ends, token_ends)
 
+    def sessions_end(self) -> float | None:
+        """When its sessions end (monotonic): at its end, or when this source revokes it."""
+        end, revoke_at = self.end(), self.revoke_at
+        if revoke_at is None:
+            return end
+        return revoke_at if end is None else min(end, revoke_at)
+
     def __repr__(self) -> str:
-        flags = "".join(f", {name}=True" for name in ("final", "refused") if getattr(self, name))
+        flags = "".join(f", {name}=True" for name in ("final", "refused", "revoked") if getattr(self, name))
         return (
             f"_Lease(lease_id={self.lease_id!r}, username={self.username!r}, password='***', "
             f"duration={self.duration:g}, ends={self.ends!r}, generation={self.token.generation}{flags})"
@@ -248,6 +259,10 @@ class VaultDatabaseCredentials(CredentialSource):
     """
 
     issues_username: ClassVar[bool] = True
+    #: Seconds between replacing a refused lease and revoking it: queries running on
+    #: connections made with it may finish (revoking may end their sessions), and
+    #: those connections are retired at their next request boundary meanwhile.
+    revoke_grace: float = 5.0
     _transient: ClassVar[tuple[str, ...]] = ("_client", "_token", "_lease", "_leases", "_lock", "stats")
 
     _client: Any
@@ -352,8 +367,8 @@ class VaultDatabaseCredentials(CredentialSource):
                 if credential is not None:
                     return credential
             credential = self._issue(target)
-            if lease is not None and lease.refused:
-                self._revoke(lease)
+            if lease is not None and lease.refused and lease.revoke_at is None:
+                self._revoke_later(lease)
             return credential
 
     def invalidate(self, target: Target | None = None, *, password: str | None = None) -> None:
@@ -381,7 +396,7 @@ class VaultDatabaseCredentials(CredentialSource):
         if not lease_id:
             return None
         lease = self._leases.get(lease_id)
-        return None if lease is None else lease.end()
+        return None if lease is None else lease.sessions_end()
 
     def revoke_leases(self) -> int:
         """Revoke the leases this process obtained that have not ended yet, and
@@ -400,7 +415,7 @@ class VaultDatabaseCredentials(CredentialSource):
                 live = [
                     lease
                     for lease in self._leases.values()
-                    if lease.pid == pid and (lease.end() or math.inf) > now
+                    if lease.pid == pid and not lease.revoked and (lease.end() or math.inf) > now
                 ]
                 self._lease = None
                 for lease in live:
@@ -632,6 +647,23 @@ class VaultDatabaseCredentials(CredentialSource):
             return None
         return self._credential(lease, now)
 
+    def _revoke_later(self, lease: _Lease) -> None:
+        """Revoke the refused ``lease`` after :attr:`revoke_grace` seconds, in a timer
+        thread: never in the request that replaced it, never failing one."""
+        lease.revoke_at = self._clock.monotonic() + self.revoke_grace
+        timer = threading.Timer(self.revoke_grace, self._revoke_refused)
+        timer.daemon = True
+        timer.start()
+
+    def _revoke_refused(self) -> None:
+        try:
+            with self._locked(None):
+                for lease in list(self._leases.values()):
+                    if lease.revoke_at is not None and not lease.revoked:
+                        self._revoke(lease)
+        except CredentialError as exc:
+            logger.warning("iamdb: %s: a refused lease was not revoked: %s", self.describe(), exc)
+
     def _revoke(self, lease: _Lease) -> int:
         """Revoke ``lease``, best effort: a failure is logged, never raised. 1 if revoked."""
         try:
@@ -646,7 +678,7 @@ class VaultDatabaseCredentials(CredentialSource):
             return 0
         # Its sessions end now (if the revocation statements end them).
         lease.ends = self._clock.monotonic()
-        lease.final = True
+        lease.final = lease.revoked = True
         self.stats.leases_revoked += 1
         logger.info("iamdb: %s: revoked the lease of %s", self.describe(), lease.username)
         return 1

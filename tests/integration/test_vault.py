@@ -457,6 +457,15 @@ def test_manage_py_test_with_vault_credentials(vault_lab: VaultLab, vendor: str,
     assert vault_lab.db_users(vendor) <= before
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def run_in_child(child: Callable[[], int], *, timeout: float = 30.0) -> int:
     """Fork; run ``child`` in the child and exit with its code; return that code.
     A child still running after ``timeout`` seconds (hung on a lock) is killed."""
@@ -624,6 +633,7 @@ def test_refused_dynamic_user_is_replaced_by_a_new_lease(vault_lab: VaultLab, ve
     """The database refuses the lease's password (changed behind Vault's back): the
     next connection gets a new lease, and the refused one is revoked."""
     source = source_for(vault_lab, f"{ROLE[vendor]}-long")
+    source.revoke_grace = 0.2
     settings_dict = vault_lab.settings(vendor, source)
     wrapper = make_wrapper(settings_dict, "vault_refused")
     first = who(wrapper)
@@ -638,10 +648,68 @@ def test_refused_dynamic_user_is_replaced_by_a_new_lease(vault_lab: VaultLab, ve
         wrapper.close()
         assert second.startswith("v-") and second != first
         assert source.stats.leases_issued == 2
+        # Its connections are retired from now on; it is revoked after the grace.
+        end = source.sessions_end(wrapper.iamdb.target, refused)
+        assert end is not None and end <= time.monotonic() + source.revoke_grace
         # Best effort, but here Vault is up: the refused lease is gone, its user dropped.
+        assert wait_for(lambda: source.stats.leases_revoked == 1, 10)
         assert refused.lease_id.rsplit("/", 1)[-1] not in vault_lab.live_leases(f"{ROLE[vendor]}-long")
         assert first not in vault_lab.db_users(vendor)
     finally:
+        source.revoke_leases()
+
+
+SLEEP = {"postgresql": "SELECT pg_sleep(2)", "mysql": "SELECT SLEEP(2)"}
+
+
+def test_a_refused_lease_lets_running_queries_finish_then_retires_them(
+    vault_lab: VaultLab, vendor: str
+) -> None:
+    """Another thread's connection made with the refused lease is in the middle of a
+    query: the query finishes (the revocation, which ends the lease's sessions,
+    waits a grace period), and the connection is retired at its next request
+    boundary; then the lease is revoked."""
+    source = source_for(vault_lab, f"{ROLE[vendor]}-hour")
+    settings_dict = vault_lab.settings(vendor, source, CONN_MAX_AGE=None)
+    connected, refused = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def busy() -> None:
+        wrapper = make_wrapper(settings_dict, "vault_refused_busy")
+        try:
+            outcome["user"] = who(wrapper)
+            connected.set()
+            refused.wait(10)
+            with wrapper.cursor() as cursor:
+                cursor.execute(SLEEP[vendor])  # a long query, running while the lease is replaced
+            outcome["query"] = "finished"
+            wrapper.close_if_unusable_or_obsolete()  # request_finished
+            outcome["retired"] = wrapper.connection is None
+        except Exception as exc:
+            outcome["query"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            wrapper.close()
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    try:
+        assert connected.wait(10)
+        first = outcome["user"]
+        vault_lab.refuse_user(vendor, first)
+        refused.set()
+        time.sleep(0.5)  # the query is running
+        other = make_wrapper(settings_dict, "vault_refused_busy")
+        second = who(other)  # refused, then a new lease
+        other.close()
+        thread.join(15)
+        assert second != first and source.stats.leases_issued == 2
+        assert outcome["query"] == "finished"
+        assert outcome["retired"] is True
+        # Then the refused lease is revoked (after the grace): its user is dropped.
+        assert wait_for(lambda: first not in vault_lab.db_users(vendor), source.revoke_grace + 10)
+    finally:
+        refused.set()
+        thread.join(15)
         source.revoke_leases()
 
 
@@ -652,6 +720,7 @@ def test_refused_lease_that_cannot_be_revoked_still_gets_replaced(
     gets a warning in the log, and the connection is made with the new lease."""
     token = vault_lab.bao.client().auth.token.create(policies=["iamdb-no-revoke"], ttl="60s")
     source = source_for(vault_lab, "pg-long", auth=TokenAuth(token["auth"]["client_token"]))
+    source.revoke_grace = 0.2
     settings_dict = vault_lab.settings("postgresql", source)
     wrapper = make_wrapper(settings_dict, "vault_no_revoke")
     first = who(wrapper)
@@ -659,9 +728,9 @@ def test_refused_lease_that_cannot_be_revoked_still_gets_replaced(
     vault_lab.refuse_user("postgresql", first)
     with caplog.at_level("INFO", logger="iamdb"):
         second = who(wrapper)
-    wrapper.close()
+        wrapper.close()
+        assert wait_for(lambda: "could not revoke the lease of " + first in caplog.text, 10)
     assert second != first and source.stats.leases_issued == 2 and source.stats.leases_revoked == 0
-    assert "could not revoke the lease of " + first in caplog.text
     assert first in vault_lab.db_users("postgresql")  # left to Vault (its TTL)
     vault_lab.bao.client().sys.revoke_prefix("database/creds/pg-long/")
 
