@@ -50,7 +50,8 @@ class Binding:
         self.alias = alias
         #: Whether Django's pool opens the connections (set by the backend).
         self.pooled = False
-        self._fresh: Callable[[Hashable, float], Credential | None] | None = None
+        #: The source cache's ``fresh(key, now)`` for the first target's key, when it caches.
+        self.fresh_lookup: Callable[[Hashable, float], Credential | None] | None = None
         options: Mapping[str, Any] = settings_dict.get("OPTIONS") or {}
         self.options = ConnectOptions.from_options(options, alias)
         self.source: CredentialSource | None = as_source(settings_dict.get("PASSWORD"), alias=alias)
@@ -77,8 +78,8 @@ class Binding:
         passphrase = options.get("sslpassword")
         self.sslpassword = SecretStr(passphrase) if isinstance(passphrase, str) else None
         # The cache key of the first target, for fresh() (a key depends on the target only).
-        self._cache_key: Hashable = self.source.cache_key(self._targets[0])
-        self._fresh = self.source._cache.fresh if self.source.uses_cache else None
+        self.cache_key: Hashable = self.source.cache_key(self._targets[0])
+        self.fresh_lookup = self.source._cache.fresh if self.source.uses_cache else None
 
     def _make_targets(self) -> list[Target]:
         """The targets a connection attempt tries in turn: one per host of a multi-host
@@ -98,10 +99,6 @@ class Binding:
         if started is None:
             return self.retry.deadline()
         return Deadline(started + self.options.retry_budget, self.source._clock)
-
-    def fresh(self, now: float) -> Credential | None:
-        """The cached credential if it is fresh at ``now``, without locks: the hot path."""
-        return self._fresh(self._cache_key, now) if self._fresh is not None else None
 
     def credential(self, deadline: Deadline | None = None, target: Target | None = None) -> Credential | None:
         if self.source is None:
@@ -279,8 +276,11 @@ class CredentialsWrapperMixin:
         # Django calls get_new_connection() with these params next, in this thread: the
         # attempt (and its deadline) starts now, with the credential.
         self._iamdb_started = started = binding.monotonic()
-        credential = binding.fresh(started) or binding.credential(binding.deadline(started))
-        assert credential is not None
+        lookup = binding.fresh_lookup  # the cache's lock-free fresh(), inlined: the hot path
+        credential = lookup(binding.cache_key, started) if lookup is not None else None
+        if credential is None:
+            credential = binding.credential(binding.deadline(started))
+            assert credential is not None
         self._iamdb_credential = credential
         params["password"] = credential.password
         if credential.username:
