@@ -223,7 +223,9 @@ def test_what_the_scan_leaves_out(pg_server: PrivatePostgres) -> None:
             logging.getLogger("iamdb").warning("control: %s", secret)
 
 
-def test_the_leaks_fixture_fails_a_test_that_leaks(pytester: pytest.Pytester, monkeypatch: Any) -> None:
+def test_the_leaks_fixture_fails_a_test_that_leaks(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """End to end: the integration tests' own conftest fails a test whose logs hold a secret."""
     monkeypatch.setenv("PYTHONPATH", str(leakscan.TESTS_DIR.parent))
     pytester.makeconftest("from tests.integration.conftest import _leakscan_recorders, leaks  # noqa: F401")
