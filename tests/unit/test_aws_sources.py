@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from types import MappingProxyType
 from typing import Any
 
@@ -277,7 +278,10 @@ def in_forked_child(func: Any, timeout: float = 15.0) -> str:
     """Fork; run ``func`` in the child and return what it reported: ``"ok <result>"``,
     ``"error <type>: <message>"``, or ``"hung"`` if it did not finish within ``timeout``."""
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a threaded process may deadlock: the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         try:
             os.close(read)
