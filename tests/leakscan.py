@@ -189,6 +189,11 @@ class LeakScan:
         text = " ".join(os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in argv)
         self.record_text("argv of a child process", text)
 
+    def recorded(self, where: str) -> list[str]:
+        """The texts recorded so far in places whose label starts with ``where``
+        (``"argv of a child process"``, ``"log record"``...)."""
+        return [place.text for place in list(self._places) if place.where.startswith(where)]
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Within this block nothing is recorded as a place (secrets still are): for a

@@ -247,6 +247,47 @@ def test_the_leaks_fixture_fails_a_test_that_leaks(
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaky*", "*found in log record (iamdb, DEBUG)*"])
 
 
+# -- the children iamdb starts are in the scan -------------------------------------------------
+
+SHELL_QUERY = {"postgresql": ["-At", "-c", "SELECT 1"], "mysql": ["-N", "-B", "-e", "SELECT 1"]}
+
+
+def test_the_scan_records_dbshells_child(db_user: DbUser, leaks: LeakScan) -> None:
+    """dbshell's client is a child of iamdb's code: its argv is scanned (and holds no
+    password: the scan checks it at the end of the test)."""
+    wrapper = make_wrapper(db_user.settings(CallableSource(lambda: db_user.password)))
+    wrapper.client.runshell(SHELL_QUERY[db_user.vendor])
+    client = "psql" if db_user.vendor == "postgresql" else "mysql"
+    argv = leaks.recorded("argv of a child process")
+    assert any(client in text and db_user.name in text for text in argv), argv
+
+
+@pytest.mark.parametrize("vendor", ["mysql"])
+def test_the_scan_records_the_mysql_clones_children(
+    db_user: DbUser, mysql_admin: Any, leaks: LeakScan
+) -> None:
+    """The MySQL clone of ``test --parallel`` pipes mysqldump into mysql: both argv are
+    scanned."""
+    source_db, target_db = f"{db_user.name}_src", f"{db_user.name}_src_1"
+    mysql_admin.sql(
+        f"CREATE DATABASE `{source_db}`",
+        f"CREATE TABLE `{source_db}`.t (id INT PRIMARY KEY)",
+        f"CREATE DATABASE `{target_db}`",
+        f"GRANT ALL ON `{source_db}`.* TO '{db_user.name}'@'%'",
+        f"GRANT ALL ON `{target_db}`.* TO '{db_user.name}'@'%'",
+    )
+    try:
+        wrapper = make_wrapper(db_user.settings(CallableSource(lambda: db_user.password), NAME=source_db))
+        wrapper.creation._clone_db(source_db, target_db)
+        tables = mysql_admin.sql(f"SHOW TABLES FROM `{target_db}`")
+    finally:
+        mysql_admin.sql(f"DROP DATABASE IF EXISTS `{source_db}`", f"DROP DATABASE IF EXISTS `{target_db}`")
+    assert [row[0] for row in tables] == ["t"]  # the clone ran
+    argv = leaks.recorded("argv of a child process")
+    assert any(text.startswith("mysqldump") and source_db in text for text in argv), argv
+    assert any(text.startswith("mysql ") and target_db in text for text in argv), argv
+
+
 # -- refused logins --------------------------------------------------------------------------
 
 
