@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import django
+import hvac
 import pytest
+import requests
 from django.db.utils import OperationalError
 
 from iamdb import CredentialError, Target
@@ -312,6 +314,8 @@ def test_vault_errors_name_alias_role_and_address(
     assert "'reports'" in message and repr(role) in message and vault_lab.bao.addr in message
     for secret in (vault_lab.bao.root_token, token):
         assert not secret or secret not in message
+    cause = info.value.__cause__
+    assert isinstance(cause, hvac.exceptions.VaultError) and cause.__traceback__ is None
 
 
 def test_unreachable_vault_fails_fast_with_a_clear_error(vault_lab: VaultLab) -> None:
@@ -325,6 +329,9 @@ def test_unreachable_vault_fails_fast_with_a_clear_error(vault_lab: VaultLab) ->
     message = str(info.value)
     assert "'billing'" in message and "'pg-long'" in message and addr in message
     assert "cannot connect to Vault" in message and "not-a-real-token" not in message
+    # The cause is requests' own error, without the frames whose locals hold the token.
+    cause = info.value.__cause__
+    assert isinstance(cause, requests.exceptions.ConnectionError) and cause.__traceback__ is None
 
 
 def test_client_from_the_environment(
