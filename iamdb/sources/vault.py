@@ -3,7 +3,8 @@
 A dynamic role (``<mount>/creds/<role>``) issues a user name and password
 under a lease. The lease is renewed while Vault allows it; when it cannot be
 extended any more (its max TTL), when the database refuses its password, or
-when it is gone (revoked), a new one is issued. Connections made with an old
+when it is gone (revoked), a new one is issued (a refused one is revoked a
+little later, in the background). Connections made with an old
 lease are retired before it ends (revocation statements may end their
 sessions): :meth:`VaultDatabaseCredentials.sessions_end` tells the backend
 when, by lease id. Leases die with the Vault token that created them, so a
@@ -388,10 +389,11 @@ class VaultDatabaseCredentials(CredentialSource):
 
     def sessions_end(self, target: Target, credential: Credential) -> float | None:
         """When sessions opened with ``credential`` end (monotonic): the end of its
-        lease as known now (a renewal extends it, a revocation by this source ends
-        it now), or of the token that created it if that is earlier. None for a
-        static role (rotating its password ends no session) and for a lease this
-        process does not know."""
+        lease as known now (a renewal extends it), of the token that created it, or
+        the moment this source revokes it (a refused lease: :attr:`revoke_grace`
+        after it was replaced), whichever is first. None for a static role
+        (rotating its password ends no session) and for a lease this process does
+        not know."""
         lease_id = getattr(credential, "lease_id", None)
         if not lease_id:
             return None
