@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -476,7 +477,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 def run_in_child(child: Callable[[], int], *, timeout: float = 30.0) -> int:
     """Fork; run ``child`` in the child and exit with its code; return that code.
     A child still running after ``timeout`` seconds (hung on a lock) is killed."""
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock the
+        # child: what these tests do on purpose, to show that it does not.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:
         code = 99
         try:
