@@ -73,6 +73,12 @@ BOTH = ("postgresql", "mysql")
 PG, MY = ("postgresql",), ("mysql",)
 #: The password the catalogue's callables return (a secret for the leak scan).
 APP_PASSWORD = "catalogue-app-password-0b7f3e"
+#: A second password given where iamdb refuses one (OPTIONS beside a source).
+SECOND_PASSWORD = "catalogue-second-password-5d21c9"
+#: A Vault token given where an auth method belongs.
+VAULT_TOKEN = "s.catalogue-vault-token-8e4a07"
+#: The secrets of the module's own: in no message, chain or debug page.
+MODULE_SECRETS = (APP_PASSWORD, SECOND_PASSWORD, VAULT_TOKEN)
 #: OPTIONS that make TLS mandatory (RdsIamToken refuses settings without).
 TLS = {"postgresql": {"sslmode": "require"}, "mysql": {"ssl_mode": "REQUIRED"}}
 #: The drivers' OperationalError (psycopg or psycopg2, mysqlclient): a refused login's cause.
@@ -177,8 +183,9 @@ class Lab:
         self.vendor = vendor
         self.leaks = leaks
         self.source: CredentialSource | None = None
-        self.secrets: list[str] = [APP_PASSWORD]
-        leaks.add(APP_PASSWORD, "the catalogue's APP_PASSWORD")
+        self.secrets: list[str] = list(MODULE_SECRETS)
+        for secret in MODULE_SECRETS:
+            leaks.add(secret, "a secret of the catalogue module")
 
     def fixture(self, name: str) -> Any:
         return self.request.getfixturevalue(name)
@@ -515,6 +522,16 @@ def without_sdk(module: str, name: str) -> Callable[[Lab], None]:
     return build
 
 
+def settings_frames(what: str) -> Defect:
+    """The defect of a ConfigurationError about the settings raised through frames that hold them."""
+    return Defect(
+        SecretShown,
+        "iamdb/backends/_shared.py (get_connection_params, Binding.__init__)",
+        "the error is raised through frames whose locals hold the settings (get_connection_params: "
+        f"params; Binding.__init__: settings_dict, options{what}): Django's debug page shows the password",
+    )
+
+
 def missing_sdk(case_id: str, module: str, name: str, fragment: str, extra: str) -> Case:
     """A case that imports a source without its SDK: the message names the extra to install."""
     install = f'pip install "iamdb[{extra}]"'
@@ -541,12 +558,7 @@ CASES: list[Case] = [
         ("PASSWORD", "not bytes"),
         "must be a str, a callable or an iamdb source",
         "Decode the password to a str, or give a callable or a source.",
-        defect=Defect(
-            SecretShown,
-            "iamdb/backends/_shared.py, iamdb/credentials.py (as_source)",
-            "the error is raised through frames whose locals hold the bytes password (get_connection_params: "
-            "params; Binding.__init__: settings_dict; as_source: value): Django's debug page shows it",
-        ),
+        defect=settings_frames("; iamdb/credentials.py as_source: value"),
     ),
     bad_setting(
         "password-int",
@@ -684,20 +696,22 @@ CASES: list[Case] = [
     Case(
         "options-password",
         BOTH,
-        connect_with(callable_source(), OPTIONS={"password": "catalogue-second-password"}),
+        connect_with(callable_source(), OPTIONS={"password": SECOND_PASSWORD}),
         ConfigurationError,
         ("OPTIONS must not set password",),
         "iamdb gives the driver the user and password itself",
         "Remove the password from OPTIONS: the source gives it.",
+        defect=settings_frames(""),
     ),
     Case(
         "options-passwd",
         MY,
-        connect_with(callable_source(), OPTIONS={"passwd": "catalogue-second-password"}),
+        connect_with(callable_source(), OPTIONS={"passwd": SECOND_PASSWORD}),
         ConfigurationError,
         ("OPTIONS must not set passwd",),
         "iamdb gives the driver the user and password itself",
         "Remove passwd from OPTIONS (mysqlclient's other name for the password): the source gives it.",
+        defect=settings_frames(""),
     ),
     Case(
         "options-user",
@@ -958,10 +972,16 @@ CASES: list[Case] = [
     ),
     bad_argument(
         "vault-auth-not-an-auth-method",
-        lambda: Vault("app", auth="s.token-as-a-str", url="http://127.0.0.1:8200"),  # type: ignore[arg-type]
+        lambda: Vault("app", auth=VAULT_TOKEN, url="http://127.0.0.1:8200"),  # type: ignore[arg-type]
         ("VaultDatabaseCredentials: auth must be", "not str"),
         "TokenAuth, AppRoleAuth or KubernetesAuth",
         "Wrap the token: auth=TokenAuth(token), or use AppRoleAuth or KubernetesAuth.",
+        defect=Defect(
+            SecretShown,
+            "iamdb/sources/vault.py (VaultDatabaseCredentials.__init__)",
+            "the error is raised from the frame whose argument 'auth' is the str given, a Vault token: "
+            "a debug page or a traceback with locals shows it",
+        ),
     ),
     bad_argument(
         "vault-url-without-scheme",
@@ -1308,8 +1328,6 @@ def test_bad_input(case: Case, vendor: str | None, request: pytest.FixtureReques
 
 def check(case: Case, lab: Lab, error: BaseException) -> None:
     message = str(error)
-    if os.environ.get("CATALOGUE_SHOW"):
-        print(f"\n@@ {case.id} [{lab.vendor}] {type(error).__name__}: {message} || cause={error.__cause__!r}")
     shown = f"{type(error).__name__}: {message}"
     if type(error) is not case.error or not isinstance(error, case.django_error):
         raise WrongClass(f"expected {case.error.__name__}, got {shown}")
