@@ -309,6 +309,18 @@ def test_a_refused_login_shows_no_password(db_user: DbUser, leaks: LeakScan) -> 
     assert page_leaks(info.value, leaks, wrong, db_user.password, ssl_password) == []
 
 
+def test_a_server_that_is_down_shows_no_password(db_user: DbUser, leaks: LeakScan) -> None:
+    """Not a refused login (nothing listens on the port): the error is not retried, and
+    the page shows no password either (the driver's frames hold it: its conninfo or
+    keyword arguments)."""
+    password = new_password()
+    settings_dict = db_user.settings(CallableSource(lambda: password), PORT=free_port())
+    wrapper = make_wrapper(settings_dict)
+    with pytest.raises(OperationalError) as info:
+        wrapper.ensure_connection()
+    assert page_leaks(info.value, leaks, password) == []
+
+
 def test_djangos_connect_frame_holds_no_readable_password(db_user: DbUser, leaks: LeakScan) -> None:
     """The ``conn_params`` local of Django's ``BaseDatabaseWrapper.connect()``, which
     the page prints, does not show the password (nor does its ``repr``)."""
