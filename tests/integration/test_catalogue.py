@@ -128,8 +128,12 @@ class Defect:
     reason: str
     #: The engines it shows on (all the case's by default).
     engines: tuple[str, ...] = ()
+    #: It shows on the Pythons before this one only (None: on all).
+    python_below: tuple[int, int] | None = None
 
     def applies(self, vendor: str | None) -> bool:
+        if self.python_below is not None and sys.version_info >= self.python_below:
+            return False
         return not self.engines or vendor in self.engines
 
 
@@ -530,6 +534,19 @@ def settings_frames(what: str) -> Defect:
         "the error is raised through frames whose locals hold the settings (get_connection_params: "
         f"params; Binding.__init__: settings_dict, options{what}): Django's debug page shows the password",
     )
+
+
+#: A driver's error re-raised on Python 3.10 (the bare ``raise`` there re-raises the
+#: traceback of sys.exc_info(), not the one secret_free() dropped).
+DRIVER_FRAMES_ON_310 = Defect(
+    SecretShown,
+    "iamdb/backends/_shared.py (Binding.connect), iamdb/retry.py (LoginRetry.run)",
+    "on Python 3.10 'secret_free(exc); raise' re-raises the driver's error with its original "
+    "traceback (a bare raise uses sys.exc_info()), so psycopg's connect() frame, whose conninfo "
+    "holds the password, is on Django's debug page ('raise secret_free(exc)' would drop it)",
+    engines=PG,
+    python_below=(3, 11),
+)
 
 
 def missing_sdk(case_id: str, module: str, name: str, fragment: str, extra: str) -> Case:
@@ -1240,6 +1257,7 @@ CASES: list[Case] = [
         "The driver's own error, not retried: check HOST and PORT and that the server runs.",
         cause=DRIVER_ERROR,
         names="none",
+        defect=DRIVER_FRAMES_ON_310,
     ),
     Case(
         "database-wrong-tls",
@@ -1251,6 +1269,7 @@ CASES: list[Case] = [
         "The driver's own error: make the server accept TLS, or change sslmode.",
         cause=DRIVER_ERROR,
         names="none",
+        defect=DRIVER_FRAMES_ON_310,
     ),
     # A source on Django's stock ENGINE
     Case(
@@ -1479,6 +1498,8 @@ def known_gaps() -> str:
         defect = case.defect
         if defect is not None:
             engines = ENGINE_NAMES.get(defect.engines or case.engines, "both")
+            if defect.python_below is not None:
+                engines += ", Python before {}.{}".format(*defect.python_below)
             lines.append(f"- `{case.id}` ({engines}): {defect.reason} (`{defect.where}`).")
     return "\n".join(lines)
 
