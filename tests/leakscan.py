@@ -152,6 +152,7 @@ class LeakScan:
         """Treat ``secret`` as a secret (ignored when shorter than MIN_LENGTH)."""
         if not isinstance(secret, str) or len(secret) < MIN_LENGTH:
             return
+        secret = str.__str__(secret)  # a plain str: iamdb's SecretStr hides itself in repr()
         with self._lock:
             if secret in self.secrets:
                 return
