@@ -165,6 +165,8 @@ class Case:
     cause: type[BaseException] | tuple[type[BaseException], ...] | None = None
     names: str = "alias+source"
     defect: Defect | None = None
+    #: The bad input, as docs/errors.md shows it.
+    given: str = ""
 
     @property
     def django_error(self) -> type[BaseException]:
@@ -549,13 +551,12 @@ DRIVER_FRAMES_ON_310 = Defect(
 )
 
 
-def missing_sdk(case_id: str, module: str, name: str, fragment: str, extra: str) -> Case:
+def missing_sdk(case_id: str, module: str, name: str, fragment: str, extra: str, given: str) -> Case:
     """A case that imports a source without its SDK: the message names the extra to install."""
     install = f'pip install "iamdb[{extra}]"'
     build = without_sdk(module, name)
-    return Case(
-        case_id, (), build, MissingDependencyError, (fragment,), install, install, ImportError, "none"
-    )
+    error = MissingDependencyError
+    return Case(case_id, (), build, error, (fragment,), install, install, ImportError, "none", given=given)
 
 
 # -- the catalogue ---------------------------------------------------------------------------
@@ -568,6 +569,7 @@ CASES: list[Case] = [
         ("PASSWORD", "not list"),
         "must be a str, a callable or an iamdb source",
         "Give PASSWORD as a str, a callable returning one, or an iamdb source.",
+        given='PASSWORD = ["a", "b"]',
     ),
     bad_setting(
         "password-bytes",
@@ -576,6 +578,7 @@ CASES: list[Case] = [
         "must be a str, a callable or an iamdb source",
         "Decode the password to a str, or give a callable or a source.",
         defect=settings_frames("; iamdb/credentials.py as_source: value"),
+        given='PASSWORD = b"..."',
     ),
     bad_setting(
         "password-int",
@@ -583,6 +586,7 @@ CASES: list[Case] = [
         ("PASSWORD", "not int"),
         "must be a str, a callable or an iamdb source",
         "Give PASSWORD as a str (quote it), a callable or a source.",
+        given="`PASSWORD = 12345678`",
     ),
     bad_setting(
         "password-object",
@@ -590,6 +594,7 @@ CASES: list[Case] = [
         ("PASSWORD", "not object"),
         "must be a str, a callable or an iamdb source",
         "Give PASSWORD as a str, a callable or an iamdb source (a subclass of iamdb.CredentialSource).",
+        given="`PASSWORD = object()`",
     ),
     # USER
     Case(
@@ -600,6 +605,7 @@ CASES: list[Case] = [
         ("USER is empty", "does not issue a user name"),
         "set USER",
         "Set USER: only Secrets Manager and Vault sources issue the user name.",
+        given='USER = "" with a CallableSource',
     ),
     Case(
         "user-empty-rds",
@@ -609,6 +615,7 @@ CASES: list[Case] = [
         ("USER is empty", "does not issue a user name"),
         "set USER",
         "Set USER to the database user the IAM policy allows (rds-db:connect).",
+        given='USER = "" with RdsIamToken',
     ),
     Case(
         "user-not-str",
@@ -623,6 +630,7 @@ CASES: list[Case] = [
             "iamdb/values.py (Target.from_settings)",
             "a non-str USER becomes '' and the message says 'USER is empty', not that USER must be a str",
         ),
+        given="`USER = 42` with a source",
     ),
     # HOST
     bad_setting(
@@ -638,6 +646,7 @@ CASES: list[Case] = [
             "OperationalError, a host name that does not resolve; MySQL: AttributeError in Django's "
             "get_connection_params)",
         ),
+        given='HOST = ["127.0.0.1"] with a source',
     ),
     Case(
         "host-empty-rds",
@@ -647,6 +656,7 @@ CASES: list[Case] = [
         ("signs a token for HOST, which is empty",),
         "signing_host=",
         "Set HOST to the database endpoint, or pass signing_host= to RdsIamToken.",
+        given='HOST = "" with RdsIamToken',
     ),
     # PORT
     bad_setting(
@@ -661,6 +671,7 @@ CASES: list[Case] = [
             "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw ValueError",
             engines=MY,
         ),
+        given='PORT = "fivefourthreetwo"',
     ),
     bad_setting(
         "port-out-of-range",
@@ -668,6 +679,7 @@ CASES: list[Case] = [
         ("PORT 70000 is not a port number",),
         "1-65535",
         "Give PORT as a number from 1 to 65535.",
+        given="`PORT = 70000`",
     ),
     bad_setting(
         "port-negative",
@@ -675,6 +687,7 @@ CASES: list[Case] = [
         ("PORT -5432 is not a port number",),
         "1-65535",
         "Give PORT as a number from 1 to 65535.",
+        given="`PORT = -5432`",
     ),
     bad_setting(
         "port-float",
@@ -682,6 +695,7 @@ CASES: list[Case] = [
         ("PORT must be a port number", "not float"),
         "int or str",
         "Give PORT as an int or a str of digits, not a float.",
+        given="`PORT = 5432.0`",
     ),
     bad_setting(
         "port-list",
@@ -695,6 +709,7 @@ CASES: list[Case] = [
             "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw TypeError",
             engines=MY,
         ),
+        given="`PORT = [5432, 5433]`",
     ),
     bad_setting(
         "ports-not-matching-hosts",
@@ -708,6 +723,7 @@ CASES: list[Case] = [
             "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw ValueError",
             engines=MY,
         ),
+        given='HOST = "h1,h2", PORT = "5432,5433,5434"',
     ),
     # OPTIONS beside a source
     Case(
@@ -719,6 +735,7 @@ CASES: list[Case] = [
         "iamdb gives the driver the user and password itself",
         "Remove the password from OPTIONS: the source gives it.",
         defect=settings_frames(""),
+        given='OPTIONS = {"password": ...} beside a source',
     ),
     Case(
         "options-passwd",
@@ -729,6 +746,7 @@ CASES: list[Case] = [
         "iamdb gives the driver the user and password itself",
         "Remove passwd from OPTIONS (mysqlclient's other name for the password): the source gives it.",
         defect=settings_frames(""),
+        given='OPTIONS = {"passwd": ...} beside a source',
     ),
     Case(
         "options-user",
@@ -738,6 +756,7 @@ CASES: list[Case] = [
         ("OPTIONS must not set user",),
         "iamdb gives the driver the user and password itself",
         "Set the user in USER, not OPTIONS (or let the source issue it).",
+        given='OPTIONS = {"user": ...} beside a source',
     ),
     # OPTIONS["iamdb"]
     bad_setting(
@@ -746,6 +765,7 @@ CASES: list[Case] = [
         ("OPTIONS['iamdb'] must be a dict", "not int"),
         "must be a dict",
         'Give OPTIONS["iamdb"] as a dict, e.g. {"retry_budget": 5}.',
+        given='OPTIONS["iamdb"] = 5',
     ),
     bad_setting(
         "iamdb-options-nan",
@@ -753,6 +773,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not nan"),
         "must be a finite number of seconds >= 0",
         'Give each OPTIONS["iamdb"] value as a finite number of seconds >= 0.',
+        given='OPTIONS["iamdb"] = {"retry_budget": float("nan")}',
     ),
     bad_setting(
         "iamdb-options-inf",
@@ -760,6 +781,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not inf"),
         "must be a finite number of seconds >= 0",
         "Give a finite retry_budget: a connection attempt must end.",
+        given='OPTIONS["iamdb"] = {"retry_budget": float("inf")}',
     ),
     bad_setting(
         "iamdb-options-negative",
@@ -767,6 +789,7 @@ CASES: list[Case] = [
         ("['retire_margin']", "not -1"),
         "must be >= 0",
         'Give each OPTIONS["iamdb"] value as a number of seconds >= 0.',
+        given='OPTIONS["iamdb"] = {"retire_margin": -1}',
     ),
     bad_setting(
         "iamdb-options-string",
@@ -774,6 +797,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not '5'"),
         "must be a finite number of seconds >= 0",
         "Give the number itself, not a str (an environment variable: convert it).",
+        given='OPTIONS["iamdb"] = {"retry_budget": "5"}',
     ),
     bad_setting(
         "iamdb-options-bool",
@@ -781,6 +805,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not True"),
         "must be a finite number of seconds >= 0",
         "Give a number of seconds (0 disables retrying), not True or False.",
+        given='OPTIONS["iamdb"] = {"retry_budget": True}',
     ),
     bad_setting(
         "iamdb-options-unknown-key",
@@ -788,6 +813,7 @@ CASES: list[Case] = [
         ("unknown key(s) retry_budgt",),
         "known: max_retry_delay, retire_margin, retry_budget, retry_delay",
         "Fix the key's spelling; the message lists the known keys.",
+        given='OPTIONS["iamdb"] = {"retry_budgt": 5}',
     ),
     bad_setting(
         "iamdb-options-delay-over-max",
@@ -795,6 +821,7 @@ CASES: list[Case] = [
         ("retry_delay (2) must be <= max_retry_delay (1)",),
         "must be <= max_retry_delay",
         "Make retry_delay at most max_retry_delay.",
+        given='OPTIONS["iamdb"] = {"retry_delay": 2, "max_retry_delay": 1}',
     ),
     # What a callable returns, or raises
     Case(
@@ -805,6 +832,7 @@ CASES: list[Case] = [
         ("returned NoneType",),
         "it must return a non-empty str or an iamdb.Credential",
         "Return the password (a non-empty str) or an iamdb.Credential; raise when there is none.",
+        given="the callable returns `None`",
     ),
     Case(
         "callable-returns-empty",
@@ -814,6 +842,7 @@ CASES: list[Case] = [
         ("returned an empty string",),
         "it must return a non-empty str or an iamdb.Credential",
         "Return the password (a non-empty str); raise when there is none.",
+        given='the callable returns ""',
     ),
     Case(
         "callable-returns-bytes",
@@ -829,6 +858,7 @@ CASES: list[Case] = [
             "the error is raised from the frame whose local 'value' is the bytes returned, the password: "
             "Django's debug page shows it",
         ),
+        given="the callable returns bytes",
     ),
     Case(
         "callable-returns-int",
@@ -838,6 +868,7 @@ CASES: list[Case] = [
         ("returned int",),
         "it must return a non-empty str or an iamdb.Credential",
         "Return the password as a str.",
+        given="the callable returns `42`",
     ),
     Case(
         "callable-username-not-str",
@@ -847,6 +878,7 @@ CASES: list[Case] = [
         ("returned a non-str username (int)",),
         None,
         "Give Credential(username=...) as a str, or None to use USER.",
+        given="the callable returns `Credential(username=42)`",
     ),
     Case(
         "callable-raises",
@@ -857,6 +889,7 @@ CASES: list[Case] = [
         None,
         "Read the cause (your callable's own exception, kept as __cause__) and fix what it says.",
         cause=RuntimeError,
+        given="the callable raises",
     ),
     Case(
         "fetch-returns-str",
@@ -872,6 +905,7 @@ CASES: list[Case] = [
             "the error is raised from the frame whose local 'credential' is the str returned, the password: "
             "Django's debug page shows it",
         ),
+        given="a custom source's `fetch()` returns a str",
     ),
     # Source arguments
     bad_argument(
@@ -886,6 +920,7 @@ CASES: list[Case] = [
             "the error is raised from the frame whose argument 'func' is the str given, the password itself: "
             "a debug page or a traceback with locals shows it",
         ),
+        given='CallableSource("the password")',
     ),
     bad_argument(
         "callable-ttl-negative",
@@ -893,6 +928,7 @@ CASES: list[Case] = [
         ("CallableSource: ttl", "not -1"),
         "must be a finite number of seconds >= 0",
         "Give ttl in seconds >= 0 (0: call the function for every connection).",
+        given="`CallableSource(f, ttl=-1)`",
     ),
     bad_argument(
         "callable-ttl-string",
@@ -900,6 +936,7 @@ CASES: list[Case] = [
         ("CallableSource: ttl", "not '300'"),
         "must be a finite number of seconds >= 0",
         "Give ttl as a number of seconds, not a str.",
+        given='CallableSource(f, ttl="300")',
     ),
     bad_argument(
         "source-refresh-not-policy",
@@ -907,6 +944,7 @@ CASES: list[Case] = [
         ("CallableSource: refresh", "not dict"),
         "must be an iamdb.RefreshPolicy",
         "Pass refresh=iamdb.RefreshPolicy(...).",
+        given="`CallableSource(f, refresh={...})`",
     ),
     bad_argument(
         "refresh-policy-out-of-order",
@@ -914,6 +952,7 @@ CASES: list[Case] = [
         ("RefreshPolicy", "mandatory=0.5", "advisory=0.1"),
         "needs 0 <= mandatory <= advisory < 1",
         "Keep 0 <= mandatory <= advisory < 1 (fractions of a credential's lifetime).",
+        given="`RefreshPolicy(advisory=0.1, mandatory=0.5)`",
     ),
     bad_argument(
         "rds-region-empty",
@@ -921,6 +960,7 @@ CASES: list[Case] = [
         ("RdsIamToken: region must be", "not ''"),
         "an AWS region name such as 'eu-west-1'",
         "Pass a region name such as 'eu-west-1', or None to read it from HOST or boto3.",
+        given='RdsIamToken(region="")',
     ),
     bad_argument(
         "rds-signing-port-str",
@@ -928,6 +968,7 @@ CASES: list[Case] = [
         ("RdsIamToken: signing_port must be", "not '5432'"),
         "a port number (an int from 1 to 65535)",
         "Give signing_port as an int.",
+        given='RdsIamToken(signing_port="5432")',
     ),
     bad_argument(
         "rds-signing-port-out-of-range",
@@ -935,6 +976,7 @@ CASES: list[Case] = [
         ("RdsIamToken: signing_port must be", "not 70000"),
         "a port number (an int from 1 to 65535)",
         "Give signing_port from 1 to 65535.",
+        given="`RdsIamToken(signing_port=70000)`",
     ),
     bad_argument(
         "secretsmanager-secret-id-empty",
@@ -942,6 +984,7 @@ CASES: list[Case] = [
         ("SecretsManagerSecret: secret_id must be", "not ''"),
         "a non-empty str without spaces",
         "Pass the secret's name or ARN.",
+        given='SecretsManagerSecret("")',
     ),
     bad_argument(
         "secretsmanager-secret-id-not-str",
@@ -949,6 +992,7 @@ CASES: list[Case] = [
         ("SecretsManagerSecret: secret_id must be", "not 42"),
         "a non-empty str without spaces",
         "Pass the secret's name or ARN as a str.",
+        given="`SecretsManagerSecret(42)`",
     ),
     bad_argument(
         "secretsmanager-ttl-zero",
@@ -956,6 +1000,7 @@ CASES: list[Case] = [
         ("SecretsManagerSecret: ttl must be", "not 0"),
         "a finite number of seconds > 0",
         "Give ttl in seconds > 0 (how long a value is used before it is read again).",
+        given="`SecretsManagerSecret(..., ttl=0)`",
     ),
     bad_argument(
         "secretsmanager-region-not-the-arns",
@@ -965,6 +1010,7 @@ CASES: list[Case] = [
         ("SecretsManagerSecret: region must be", "not 'us-east-1'"),
         "the ARN's region 'eu-west-1'",
         "Drop region= (the ARN names it) or make it the ARN's.",
+        given='SecretsManagerSecret(<ARN in eu-west-1>, region="us-east-1")',
     ),
     bad_argument(
         "vault-role-empty",
@@ -972,6 +1018,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: role must be a non-empty str", "not an empty string"),
         "the role's name",
         "Pass the name of the role in the database secrets engine.",
+        given='VaultDatabaseCredentials("")',
     ),
     bad_argument(
         "vault-mount-only-slashes",
@@ -979,6 +1026,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: role and mount_point",),
         "must be more than slashes",
         "Pass the path where the database secrets engine is mounted (default 'database').",
+        given='VaultDatabaseCredentials(..., mount_point="//")',
     ),
     bad_argument(
         "vault-timeout-zero",
@@ -986,6 +1034,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: timeout", "not 0"),
         "must be a finite number of seconds > 0",
         "Give timeout in seconds > 0.",
+        given="`VaultDatabaseCredentials(..., timeout=0)`",
     ),
     bad_argument(
         "vault-auth-not-an-auth-method",
@@ -999,6 +1048,7 @@ CASES: list[Case] = [
             "the error is raised from the frame whose argument 'auth' is the str given, a Vault token: "
             "a debug page or a traceback with locals shows it",
         ),
+        given='VaultDatabaseCredentials(..., auth="<a token>")',
     ),
     bad_argument(
         "vault-url-without-scheme",
@@ -1006,6 +1056,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: url must be the Vault address", "not '127.0.0.1:8200'"),
         "http(s)://host:port",
         "Give the address with its scheme: https://vault.example:8200.",
+        given='VaultDatabaseCredentials(..., url="127.0.0.1:8200")',
     ),
     # AWS: no region, no credentials, the secret, the endpoint
     Case(
@@ -1016,6 +1067,7 @@ CASES: list[Case] = [
         ("cannot tell the AWS region",),
         "pass region=",
         "Pass region=, use the RDS endpoint name as HOST or signing_host, or set AWS_DEFAULT_REGION.",
+        given="`RdsIamToken()` with no region anywhere (HOST is no RDS endpoint)",
     ),
     Case(
         "rds-no-aws-credentials",
@@ -1029,6 +1081,7 @@ CASES: list[Case] = [
         "or pass session=",
         "Give the process AWS credentials (environment, profile, instance or task role), or pass session=.",
         cause=botocore.exceptions.NoCredentialsError,
+        given="RdsIamToken with no AWS credentials anywhere",
     ),
     Case(
         "rds-without-tls",
@@ -1039,6 +1092,7 @@ CASES: list[Case] = [
         "allow_insecure_transport=True is for local tests only",
         "Make TLS mandatory: PostgreSQL sslmode 'verify-full'; MySQL ssl with the RDS CA bundle and "
         "ssl_mode 'VERIFY_IDENTITY'.",
+        given="RdsIamToken without `sslmode` / `ssl_mode`",
     ),
     Case(
         "rds-token-refused",
@@ -1052,6 +1106,7 @@ CASES: list[Case] = [
         "Check the IAM policy (rds-db:connect for this user and the instance's resource id) and that "
         "the database user logs in with IAM (rds_iam, AWSAuthenticationPlugin).",
         cause=DRIVER_ERROR,
+        given="RdsIamToken for a user that does not log in with IAM",
     ),
     Case(
         "secretsmanager-no-region",
@@ -1061,6 +1116,7 @@ CASES: list[Case] = [
         ("cannot tell the AWS region",),
         "pass region=",
         "Pass region=, use the secret's ARN, or set AWS_DEFAULT_REGION.",
+        given="SecretsManagerSecret with no region anywhere",
     ),
     Case(
         "secretsmanager-no-aws-credentials",
@@ -1075,6 +1131,7 @@ CASES: list[Case] = [
         "or pass session=",
         "Give the process AWS credentials (environment, profile, instance or task role), or pass session=.",
         cause=botocore.exceptions.NoCredentialsError,
+        given="SecretsManagerSecret with no AWS credentials anywhere",
     ),
     Case(
         "secretsmanager-unknown-secret",
@@ -1085,6 +1142,7 @@ CASES: list[Case] = [
         None,
         "Check the secret's name (or ARN) and region, and that the secret exists.",
         cause=botocore.exceptions.ClientError,
+        given="a secret that does not exist",
     ),
     Case(
         "secretsmanager-deleted-secret",
@@ -1095,6 +1153,7 @@ CASES: list[Case] = [
         None,
         "Restore the secret (aws secretsmanager restore-secret) or point the source at its replacement.",
         cause=botocore.exceptions.ClientError,
+        given="a secret scheduled for deletion",
     ),
     Case(
         "secretsmanager-not-json-and-no-user",
@@ -1104,6 +1163,7 @@ CASES: list[Case] = [
         ("USER is empty and the secret has no 'username' key",),
         None,
         "Set USER (a plain-string secret is the password only), or store JSON with username and password.",
+        given='a plain-string secret, USER = ""',
     ),
     Case(
         "secretsmanager-json-without-password",
@@ -1117,6 +1177,7 @@ CASES: list[Case] = [
         ("the JSON secret has no non-empty string 'password' key", "its keys: pass, username"),
         "set password_key=",
         "Store the password under 'password', or pass password_key= naming its key.",
+        given='a JSON secret without "password"',
     ),
     Case(
         "secretsmanager-json-without-username",
@@ -1129,6 +1190,7 @@ CASES: list[Case] = [
         ("USER is empty and the secret has no 'username' key",),
         None,
         "Set USER, or add the user name to the secret under 'username' (or pass username_key=).",
+        given='a JSON secret without "username", USER = ""',
     ),
     Case(
         "secretsmanager-binary-secret",
@@ -1138,6 +1200,7 @@ CASES: list[Case] = [
         ("the secret has no SecretString", "binary secrets are not supported"),
         None,
         "Store the credentials as a SecretString (RDS's JSON format), not as SecretBinary.",
+        given="a SecretBinary secret",
     ),
     Case(
         "secretsmanager-endpoint-closed-port",
@@ -1148,6 +1211,7 @@ CASES: list[Case] = [
         None,
         "Check the endpoint (AWS_ENDPOINT_URL_SECRETS_MANAGER, a VPC endpoint) and the network path to it.",
         cause=botocore.exceptions.EndpointConnectionError,
+        given="the Secrets Manager endpoint is a closed port",
     ),
     Case(
         "secretsmanager-endpoint-wrong-tls",
@@ -1158,6 +1222,7 @@ CASES: list[Case] = [
         None,
         "Check that the endpoint speaks TLS with a certificate your CA bundle trusts (AWS_CA_BUNDLE).",
         cause=botocore.exceptions.SSLError,
+        given="`https://` to an endpoint that speaks plain HTTP",
     ),
     # Vault
     Case(
@@ -1169,6 +1234,7 @@ CASES: list[Case] = [
         None,
         "Unseal Vault; requests recover by themselves once it answers.",
         cause=hvac.exceptions.VaultDown,
+        given="Vault is sealed",
     ),
     Case(
         "vault-unknown-role",
@@ -1179,6 +1245,7 @@ CASES: list[Case] = [
         None,
         "Check the role's name (bao read database/roles/<role>) and static= for a static role.",
         cause=hvac.exceptions.VaultError,
+        given="a role that does not exist",
     ),
     Case(
         "vault-unknown-mount",
@@ -1189,6 +1256,7 @@ CASES: list[Case] = [
         None,
         "Pass mount_point= where the database secrets engine is mounted (bao secrets list).",
         cause=hvac.exceptions.VaultError,
+        given="a `mount_point` where no engine is mounted",
     ),
     Case(
         "vault-permission-denied",
@@ -1199,6 +1267,7 @@ CASES: list[Case] = [
         "no policy allows it",
         "Grant the token's policy read on <mount>/creds/<role> (and update on sys/leases/renew).",
         cause=hvac.exceptions.Forbidden,
+        given="a token whose policy does not allow the role's path",
     ),
     Case(
         "vault-closed-port",
@@ -1209,6 +1278,7 @@ CASES: list[Case] = [
         None,
         "Check VAULT_ADDR (or url=) and that Vault listens there.",
         cause=requests.exceptions.ConnectionError,
+        given="the Vault address is a closed port",
     ),
     Case(
         "vault-wrong-tls",
@@ -1225,6 +1295,7 @@ CASES: list[Case] = [
             "requests' SSLError is a ConnectionError: the message says 'cannot connect to Vault', not that "
             "TLS failed (the Secrets Manager source says SSLError)",
         ),
+        given="`https://` to a Vault that speaks plain HTTP",
     ),
     Case(
         "vault-no-token",
@@ -1234,6 +1305,7 @@ CASES: list[Case] = [
         ("no Vault token",),
         "set VAULT_TOKEN",
         "Set VAULT_TOKEN, or pass auth=TokenAuth(...), AppRoleAuth(...) or KubernetesAuth(...).",
+        given="`TokenAuth()` with no `VAULT_TOKEN` and no `~/.vault-token`",
     ),
     # The database
     Case(
@@ -1246,6 +1318,7 @@ CASES: list[Case] = [
         "Make the source's password the database user's (update the secret after ALTER ROLE); "
         "raise retry_budget if a rotation publishes the new password later than that.",
         cause=DRIVER_ERROR,
+        given="the source gives a password the server refuses",
     ),
     Case(
         "database-closed-port",
@@ -1258,6 +1331,7 @@ CASES: list[Case] = [
         cause=DRIVER_ERROR,
         names="none",
         defect=DRIVER_FRAMES_ON_310,
+        given="`PORT` is a closed port",
     ),
     Case(
         "database-wrong-tls",
@@ -1270,6 +1344,7 @@ CASES: list[Case] = [
         cause=DRIVER_ERROR,
         names="none",
         defect=DRIVER_FRAMES_ON_310,
+        given='sslmode "require" against a server without TLS',
     ),
     # A source on Django's stock ENGINE
     Case(
@@ -1283,6 +1358,7 @@ CASES: list[Case] = [
         "the source's describe(), as the password.",
         cause=DRIVER_ERROR,
         names="none",
+        given='ENGINE "django.db.backends.postgresql" with a source',
     ),
     Case(
         "stock-engine-mysql",
@@ -1293,11 +1369,33 @@ CASES: list[Case] = [
         None,
         "Use ENGINE 'iamdb.backends.mysql': mysqlclient refuses a non-str password with a TypeError.",
         names="none",
+        given='ENGINE "django.db.backends.mysql" with a source',
     ),
     # A missing SDK
-    missing_sdk("missing-boto3-rds", "boto3", "RdsIamToken", "need boto3", "aws"),
-    missing_sdk("missing-boto3-secretsmanager", "boto3", "SecretsManagerSecret", "need boto3", "aws"),
-    missing_sdk("missing-hvac-vault", "hvac", "VaultDatabaseCredentials", "needs hvac", "vault"),
+    missing_sdk(
+        "missing-boto3-rds",
+        "boto3",
+        "RdsIamToken",
+        "need boto3",
+        "aws",
+        given="RdsIamToken without boto3 installed",
+    ),
+    missing_sdk(
+        "missing-boto3-secretsmanager",
+        "boto3",
+        "SecretsManagerSecret",
+        "need boto3",
+        "aws",
+        given="SecretsManagerSecret without boto3 installed",
+    ),
+    missing_sdk(
+        "missing-hvac-vault",
+        "hvac",
+        "VaultDatabaseCredentials",
+        "needs hvac",
+        "vault",
+        given="VaultDatabaseCredentials without hvac installed",
+    ),
 ]
 
 
@@ -1424,7 +1522,7 @@ def test_every_case_runs_on_a_known_engine_and_the_catalogue_is_large() -> None:
     for case in CASES:
         assert set(case.engines) <= set(BOTH), case.id
         assert case.names in ("alias+source", "alias", "none"), case.id
-        assert "|" not in case.fix, case.id
+        assert "|" not in case.fix + case.given and case.given, case.id
         if case.iamdb:
             assert case.names != "none" or case.engines == (), f"{case.id}: settings errors name the alias"
         section(case)
@@ -1452,7 +1550,14 @@ def cause_cell(case: Case) -> str:
 
 
 def table_row(case: Case) -> str:
-    cells = [f"`{case.id}`", ENGINE_NAMES[case.engines], error_cell(case), cause_cell(case), case.fix]
+    cells = [
+        f"`{case.id}`",
+        case.given,
+        ENGINE_NAMES[case.engines],
+        error_cell(case),
+        cause_cell(case),
+        case.fix,
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -1483,7 +1588,7 @@ def section(case: Case) -> str:
 
 def docs_table() -> str:
     """The catalogue as docs/errors.md shows it: one table per section."""
-    head = "| case | engines | error | cause | what to do |\n|---|---|---|---|---|"
+    head = "| case | bad input | engines | error | cause | what to do |\n|---|---|---|---|---|---|"
     parts = []
     for _, title in SECTIONS:
         rows = [table_row(case) for case in CASES if section(case) == title]
