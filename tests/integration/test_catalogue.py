@@ -492,25 +492,30 @@ else:
 """
 
 
+def run_child(code: str, config: dict[str, Any] | None = None) -> Any:
+    """Run ``code`` in a child Python (``config`` as JSON on its stdin, never its argv);
+    return the JSON it printed last."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(config or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def without_sdk(module: str, name: str) -> Callable[[Lab], None]:
     """A case that imports the source ``name`` in a child Python where ``module`` cannot be
     imported; the child's exception is raised again here, with the same class, message and
     class of cause (looked up by name: a different class in the child is a different one here)."""
 
     def build(lab: Lab) -> None:
-        code = _CHILD.format(module=module, name=name)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            env=env,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        report = json.loads(done.stdout.strip().splitlines()[-1])
+        report = run_child(_CHILD.format(module=module, name=name))
         if report["error"] is None:
             return
         error_class = getattr(iamdb.errors, report["error"], None) or getattr(
@@ -1509,23 +1514,60 @@ class Named(CredentialSource):
         raise AssertionError("Django's stock backend never asks a source")
 
 
+_STOCK_CHILD = """
+import json, sys
+sys.modules["psycopg"] = None  # as if psycopg 3 were not installed: Django takes psycopg2
+import django
+from django.conf import settings
+from iamdb import CredentialSource
+
+config = json.loads(sys.stdin.read())
+
+
+class Named(CredentialSource):
+    def describe(self):
+        return config["name"]
+
+    def fetch(self, target):
+        raise AssertionError("Django's stock backend never asks a source")
+
+
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1", "PORT": config["port"],
+    "NAME": "postgres", "USER": config["user"], "PASSWORD": Named(),
+}}, USE_TZ=True)
+django.setup()
+from django.db import connection
+
+with connection.cursor() as cursor:
+    cursor.execute("SELECT current_user")
+    print(json.dumps({"user": cursor.fetchone()[0], "driver": connection.Database.__name__}))
+"""
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 @pytest.mark.parametrize("vendor", ["postgresql"])
 def test_stock_postgresql_engine_sends_the_sources_describe_as_the_password(
-    db_user: DbUser, leaks: LeakScan
+    db_user: DbUser, driver: str
 ) -> None:
-    """Django's own backend puts PASSWORD in the driver's parameters; psycopg turns the
-    source into str(source), which is its describe(): a user whose password happens
-    to be that string logs in. (iamdb's describe() never holds a secret.)"""
+    """Django's own backend puts PASSWORD in the driver's parameters; psycopg (and psycopg2,
+    in a child that hides psycopg) turns the source into str(source), which is its
+    describe(): a user whose password happens to be that string logs in. (iamdb's
+    describe() never holds a secret.)"""
     name = "catalogue-describe-" + new_password()[-12:]
     db_user.rotate(name)
-    settings_dict = db_user.settings(Named(name), ENGINE="django.db.backends.postgresql")
-    wrapper = make_wrapper(settings_dict, ALIAS)
-    try:
-        wrapper.ensure_connection()
-        logged_in = wrapper.connection.info.user
-    finally:
-        wrapper.close()
-    assert logged_in == db_user.name
+    if driver == "psycopg":
+        settings_dict = db_user.settings(Named(name), ENGINE="django.db.backends.postgresql")
+        wrapper = make_wrapper(settings_dict, ALIAS)
+        try:
+            wrapper.ensure_connection()
+            report = {"user": wrapper.connection.info.user, "driver": wrapper.Database.__name__}
+        finally:
+            wrapper.close()
+    else:
+        pytest.importorskip("psycopg2")
+        report = run_child(_STOCK_CHILD, {"name": name, "port": db_user.server.port, "user": db_user.name})
+    assert report == {"user": db_user.name, "driver": driver}
 
 
 def test_every_case_runs_on_a_known_engine_and_the_catalogue_is_large() -> None:
