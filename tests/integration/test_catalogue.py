@@ -571,7 +571,7 @@ CASES: list[Case] = [
         ("PASSWORD", "not list"),
         "must be a str, a callable or an iamdb source",
         "Give PASSWORD as a str, a callable returning one, or an iamdb source.",
-        given='PASSWORD = ["a", "b"]',
+        given='`PASSWORD = ["a", "b"]`',
     ),
     bad_setting(
         "password-bytes",
@@ -580,7 +580,7 @@ CASES: list[Case] = [
         "must be a str, a callable or an iamdb source",
         "Decode the password to a str, or give a callable or a source.",
         defect=settings_frames("; iamdb/credentials.py as_source: value"),
-        given='PASSWORD = b"..."',
+        given='`PASSWORD = b"..."`',
     ),
     bad_setting(
         "password-int",
@@ -607,7 +607,7 @@ CASES: list[Case] = [
         ("USER is empty", "does not issue a user name"),
         "set USER",
         "Set USER: only Secrets Manager and Vault sources issue the user name.",
-        given='USER = "" with a CallableSource',
+        given='`USER = ""` with a CallableSource',
     ),
     Case(
         "user-empty-rds",
@@ -617,7 +617,7 @@ CASES: list[Case] = [
         ("USER is empty", "does not issue a user name"),
         "set USER",
         "Set USER to the database user the IAM policy allows (rds-db:connect).",
-        given='USER = "" with RdsIamToken',
+        given='`USER = ""` with RdsIamToken',
     ),
     Case(
         "user-not-str",
@@ -648,7 +648,7 @@ CASES: list[Case] = [
             "OperationalError, a host name that does not resolve; MySQL: AttributeError in Django's "
             "get_connection_params)",
         ),
-        given='HOST = ["127.0.0.1"] with a source',
+        given='`HOST = ["127.0.0.1"]` with a source',
     ),
     Case(
         "host-empty-rds",
@@ -658,7 +658,7 @@ CASES: list[Case] = [
         ("signs a token for HOST, which is empty",),
         "signing_host=",
         "Set HOST to the database endpoint, or pass signing_host= to RdsIamToken.",
-        given='HOST = "" with RdsIamToken',
+        given='`HOST = ""` with RdsIamToken',
     ),
     # PORT
     bad_setting(
@@ -673,7 +673,7 @@ CASES: list[Case] = [
             "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw ValueError",
             engines=MY,
         ),
-        given='PORT = "fivefourthreetwo"',
+        given='`PORT = "fivefourthreetwo"`',
     ),
     bad_setting(
         "port-out-of-range",
@@ -725,7 +725,7 @@ CASES: list[Case] = [
             "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw ValueError",
             engines=MY,
         ),
-        given='HOST = "h1,h2", PORT = "5432,5433,5434"',
+        given='`HOST = "h1,h2"`, `PORT = "5432,5433,5434"`',
     ),
     # OPTIONS beside a source
     Case(
@@ -737,7 +737,7 @@ CASES: list[Case] = [
         "iamdb gives the driver the user and password itself",
         "Remove the password from OPTIONS: the source gives it.",
         defect=settings_frames(""),
-        given='OPTIONS = {"password": ...} beside a source',
+        given='`OPTIONS = {"password": ...}` beside a source',
     ),
     Case(
         "options-passwd",
@@ -748,7 +748,7 @@ CASES: list[Case] = [
         "iamdb gives the driver the user and password itself",
         "Remove passwd from OPTIONS (mysqlclient's other name for the password): the source gives it.",
         defect=settings_frames(""),
-        given='OPTIONS = {"passwd": ...} beside a source',
+        given='`OPTIONS = {"passwd": ...}` beside a source',
     ),
     Case(
         "options-user",
@@ -758,7 +758,7 @@ CASES: list[Case] = [
         ("OPTIONS must not set user",),
         "iamdb gives the driver the user and password itself",
         "Set the user in USER, not OPTIONS (or let the source issue it).",
-        given='OPTIONS = {"user": ...} beside a source',
+        given='`OPTIONS = {"user": ...}` beside a source',
     ),
     # OPTIONS["iamdb"]
     bad_setting(
@@ -767,7 +767,7 @@ CASES: list[Case] = [
         ("OPTIONS['iamdb'] must be a dict", "not int"),
         "must be a dict",
         'Give OPTIONS["iamdb"] as a dict, e.g. {"retry_budget": 5}.',
-        given='OPTIONS["iamdb"] = 5',
+        given='`OPTIONS["iamdb"] = 5`',
     ),
     bad_setting(
         "iamdb-options-nan",
@@ -775,7 +775,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not nan"),
         "must be a finite number of seconds >= 0",
         'Give each OPTIONS["iamdb"] value as a finite number of seconds >= 0.',
-        given='OPTIONS["iamdb"] = {"retry_budget": float("nan")}',
+        given='`OPTIONS["iamdb"] = {"retry_budget": float("nan")}`',
     ),
     bad_setting(
         "iamdb-options-inf",
@@ -783,7 +783,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not inf"),
         "must be a finite number of seconds >= 0",
         "Give a finite retry_budget: a connection attempt must end.",
-        given='OPTIONS["iamdb"] = {"retry_budget": float("inf")}',
+        given='`OPTIONS["iamdb"] = {"retry_budget": float("inf")}`',
     ),
     bad_setting(
         "iamdb-options-negative",
@@ -791,7 +791,7 @@ CASES: list[Case] = [
         ("['retire_margin']", "not -1"),
         "must be >= 0",
         'Give each OPTIONS["iamdb"] value as a number of seconds >= 0.',
-        given='OPTIONS["iamdb"] = {"retire_margin": -1}',
+        given='`OPTIONS["iamdb"] = {"retire_margin": -1}`',
     ),
     bad_setting(
         "iamdb-options-string",
@@ -799,7 +799,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not '5'"),
         "must be a finite number of seconds >= 0",
         "Give the number itself, not a str (an environment variable: convert it).",
-        given='OPTIONS["iamdb"] = {"retry_budget": "5"}',
+        given='`OPTIONS["iamdb"] = {"retry_budget": "5"}`',
     ),
     bad_setting(
         "iamdb-options-bool",
@@ -807,7 +807,7 @@ CASES: list[Case] = [
         ("['retry_budget']", "not True"),
         "must be a finite number of seconds >= 0",
         "Give a number of seconds (0 disables retrying), not True or False.",
-        given='OPTIONS["iamdb"] = {"retry_budget": True}',
+        given='`OPTIONS["iamdb"] = {"retry_budget": True}`',
     ),
     bad_setting(
         "iamdb-options-unknown-key",
@@ -815,7 +815,7 @@ CASES: list[Case] = [
         ("unknown key(s) retry_budgt",),
         "known: max_retry_delay, retire_margin, retry_budget, retry_delay",
         "Fix the key's spelling; the message lists the known keys.",
-        given='OPTIONS["iamdb"] = {"retry_budgt": 5}',
+        given='`OPTIONS["iamdb"] = {"retry_budgt": 5}`',
     ),
     bad_setting(
         "iamdb-options-delay-over-max",
@@ -823,7 +823,7 @@ CASES: list[Case] = [
         ("retry_delay (2) must be <= max_retry_delay (1)",),
         "must be <= max_retry_delay",
         "Make retry_delay at most max_retry_delay.",
-        given='OPTIONS["iamdb"] = {"retry_delay": 2, "max_retry_delay": 1}',
+        given='`OPTIONS["iamdb"] = {"retry_delay": 2, "max_retry_delay": 1}`',
     ),
     # What a callable returns, or raises
     Case(
@@ -844,7 +844,7 @@ CASES: list[Case] = [
         ("returned an empty string",),
         "it must return a non-empty str or an iamdb.Credential",
         "Return the password (a non-empty str); raise when there is none.",
-        given='the callable returns ""',
+        given='the callable returns `""`',
     ),
     Case(
         "callable-returns-bytes",
@@ -922,7 +922,7 @@ CASES: list[Case] = [
             "the error is raised from the frame whose argument 'func' is the str given, the password itself: "
             "a debug page or a traceback with locals shows it",
         ),
-        given='CallableSource("the password")',
+        given='`CallableSource("the password")`',
     ),
     bad_argument(
         "callable-ttl-negative",
@@ -938,7 +938,7 @@ CASES: list[Case] = [
         ("CallableSource: ttl", "not '300'"),
         "must be a finite number of seconds >= 0",
         "Give ttl as a number of seconds, not a str.",
-        given='CallableSource(f, ttl="300")',
+        given='`CallableSource(f, ttl="300")`',
     ),
     bad_argument(
         "source-refresh-not-policy",
@@ -962,7 +962,7 @@ CASES: list[Case] = [
         ("RdsIamToken: region must be", "not ''"),
         "an AWS region name such as 'eu-west-1'",
         "Pass a region name such as 'eu-west-1', or None to read it from HOST or boto3.",
-        given='RdsIamToken(region="")',
+        given='`RdsIamToken(region="")`',
     ),
     bad_argument(
         "rds-signing-port-str",
@@ -970,7 +970,7 @@ CASES: list[Case] = [
         ("RdsIamToken: signing_port must be", "not '5432'"),
         "a port number (an int from 1 to 65535)",
         "Give signing_port as an int.",
-        given='RdsIamToken(signing_port="5432")',
+        given='`RdsIamToken(signing_port="5432")`',
     ),
     bad_argument(
         "rds-signing-port-out-of-range",
@@ -986,7 +986,7 @@ CASES: list[Case] = [
         ("SecretsManagerSecret: secret_id must be", "not ''"),
         "a non-empty str without spaces",
         "Pass the secret's name or ARN.",
-        given='SecretsManagerSecret("")',
+        given='`SecretsManagerSecret("")`',
     ),
     bad_argument(
         "secretsmanager-secret-id-not-str",
@@ -1012,7 +1012,7 @@ CASES: list[Case] = [
         ("SecretsManagerSecret: region must be", "not 'us-east-1'"),
         "the ARN's region 'eu-west-1'",
         "Drop region= (the ARN names it) or make it the ARN's.",
-        given='SecretsManagerSecret(<ARN in eu-west-1>, region="us-east-1")',
+        given='`SecretsManagerSecret(<ARN in eu-west-1>, region="us-east-1")`',
     ),
     bad_argument(
         "vault-role-empty",
@@ -1020,7 +1020,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: role must be a non-empty str", "not an empty string"),
         "the role's name",
         "Pass the name of the role in the database secrets engine.",
-        given='VaultDatabaseCredentials("")',
+        given='`VaultDatabaseCredentials("")`',
     ),
     bad_argument(
         "vault-mount-only-slashes",
@@ -1028,7 +1028,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: role and mount_point",),
         "must be more than slashes",
         "Pass the path where the database secrets engine is mounted (default 'database').",
-        given='VaultDatabaseCredentials(..., mount_point="//")',
+        given='`VaultDatabaseCredentials(..., mount_point="//")`',
     ),
     bad_argument(
         "vault-timeout-zero",
@@ -1050,7 +1050,7 @@ CASES: list[Case] = [
             "the error is raised from the frame whose argument 'auth' is the str given, a Vault token: "
             "a debug page or a traceback with locals shows it",
         ),
-        given='VaultDatabaseCredentials(..., auth="<a token>")',
+        given='`VaultDatabaseCredentials(..., auth="<a token>")`',
     ),
     bad_argument(
         "vault-url-without-scheme",
@@ -1058,7 +1058,7 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: url must be the Vault address", "not '127.0.0.1:8200'"),
         "http(s)://host:port",
         "Give the address with its scheme: https://vault.example:8200.",
-        given='VaultDatabaseCredentials(..., url="127.0.0.1:8200")',
+        given='`VaultDatabaseCredentials(..., url="127.0.0.1:8200")`',
     ),
     # AWS: no region, no credentials, the secret, the endpoint
     Case(
@@ -1165,7 +1165,7 @@ CASES: list[Case] = [
         ("USER is empty and the secret has no 'username' key",),
         None,
         "Set USER (a plain-string secret is the password only), or store JSON with username and password.",
-        given='a plain-string secret, USER = ""',
+        given='a plain-string secret, `USER = ""`',
     ),
     Case(
         "secretsmanager-json-without-password",
@@ -1179,7 +1179,7 @@ CASES: list[Case] = [
         ("the JSON secret has no non-empty string 'password' key", "its keys: pass, username"),
         "set password_key=",
         "Store the password under 'password', or pass password_key= naming its key.",
-        given='a JSON secret without "password"',
+        given='a JSON secret without `"password"`',
     ),
     Case(
         "secretsmanager-json-without-username",
@@ -1192,7 +1192,7 @@ CASES: list[Case] = [
         ("USER is empty and the secret has no 'username' key",),
         None,
         "Set USER, or add the user name to the secret under 'username' (or pass username_key=).",
-        given='a JSON secret without "username", USER = ""',
+        given='a JSON secret without `"username"`, `USER = ""`',
     ),
     Case(
         "secretsmanager-binary-secret",
@@ -1346,7 +1346,7 @@ CASES: list[Case] = [
         cause=DRIVER_ERROR,
         names="none",
         defect=DRIVER_FRAMES_ON_310,
-        given='sslmode "require" against a server without TLS',
+        given='`sslmode = "require"` against a server without TLS',
     ),
     # A source on Django's stock ENGINE
     Case(
@@ -1360,7 +1360,7 @@ CASES: list[Case] = [
         "the source's describe(), as the password.",
         cause=DRIVER_ERROR,
         names="none",
-        given='ENGINE "django.db.backends.postgresql" with a source',
+        given='`ENGINE = "django.db.backends.postgresql"` with a source',
     ),
     Case(
         "stock-engine-mysql",
@@ -1371,7 +1371,7 @@ CASES: list[Case] = [
         None,
         "Use ENGINE 'iamdb.backends.mysql': mysqlclient refuses a non-str password with a TypeError.",
         names="none",
-        given='ENGINE "django.db.backends.mysql" with a source',
+        given='`ENGINE = "django.db.backends.mysql"` with a source',
     ),
     # A missing SDK
     missing_sdk(
