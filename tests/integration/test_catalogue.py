@@ -8,8 +8,9 @@ secret anywhere in the chain (the leak scan of ``tests/integration/conftest.py``
 checks each exception, its chain and its debug page).
 
 ``docs/errors.md`` is the same table for readers: :func:`test_the_docs_list_every_case`
-checks that each case is a row there with the same error and fix, and that no row
-lacks a case. ``python -m tests.integration.test_catalogue`` prints the table.
+checks that each case is a row there (in its section) with the same bad input, engines,
+error, cause and fix, that no row lacks a case, and that its "Known gaps" list the cases
+with a defect. ``python -m tests.integration.test_catalogue`` prints the tables and the list.
 
 A case that shows a defect carries ``defect=``: it is an expected failure (strict)
 of that one check only, so it shows in every run until the defect is fixed.
