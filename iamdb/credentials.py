@@ -122,7 +122,9 @@ class CredentialSource:
         A caller that must wait for a fetch waits until ``deadline`` at most.
         """
         target = target or Target()
-        return self._cache.get(self.cache_key(target), lambda: self._checked_fetch(target), deadline)
+        return self._cache.get(
+            self.cache_key(target), lambda: self._checked_fetch(target), deadline, target.alias
+        )
 
     def get_password(self, target: Target | None = None, *, deadline: Deadline | None = None) -> str:
         """The current password for ``target``."""
@@ -172,9 +174,11 @@ class CredentialSource:
                 f"database {target.alias!r}: {self.describe()} could not get a credential: {describe(exc)}"
             ) from secret_free(exc)
         if not isinstance(credential, Credential):
+            kind = type(credential).__name__
+            del credential  # it may be the password itself: not a local of the raising frame
             raise ConfigurationError(
-                f"database {target.alias!r}: {self.describe()}.fetch() returned "
-                f"{type(credential).__name__}, not an iamdb.Credential"
+                f"database {target.alias!r}: {self.describe()}.fetch() returned {kind}, "
+                "not an iamdb.Credential"
             )
         if not isinstance(credential.password, str) or not credential.password:
             raise ConfigurationError(

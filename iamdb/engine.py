@@ -67,7 +67,8 @@ class RefreshPolicy:
 
     ``failure_backoff`` is the first delay after a failed fetch; it doubles on
     each further failure up to ``max_failure_backoff``, and is never more than
-    a twentieth of the credential's lifetime.
+    a twentieth of the lifetime of a credential that expires (one with only
+    ``refresh_after`` keeps working meanwhile, so its backoff is not shortened).
 
     ``refetch_spacing`` spaces the fetches that refused logins cause: a
     credential invalidated this soon after it was fetched is fetched again
@@ -146,7 +147,8 @@ class Windows:
                 advisory_at = min(advisory_at, refresh)
             return cls(advisory_at, mandatory_at, usable_until, sessions_end, lifetime)
         if refresh is not None:
-            return cls(refresh, _INF, _INF, sessions_end, max(refresh - issued, 0.0))
+            # No end: the failure backoff is not bounded by a lifetime (see Backoff).
+            return cls(refresh, _INF, _INF, sessions_end, None)
         return cls(_INF, _INF, _INF, sessions_end, None)
 
 
@@ -306,14 +308,19 @@ class CredentialCache:
         return None
 
     def get(
-        self, key: Hashable, fetch: Callable[[], Credential], deadline: Deadline | None = None
+        self,
+        key: Hashable,
+        fetch: Callable[[], Credential],
+        deadline: Deadline | None = None,
+        alias: str | None = None,
     ) -> Credential:
+        """The credential for ``key``; ``alias`` names the database in the engine's own errors."""
         slot = self._slot(key)
         state = slot.state
         credential = state.credential
         if credential is not None and self._clock.monotonic() < state.windows.advisory_at:
             return credential  # fresh: the hot path takes no lock
-        return self._get_slow(slot, fetch, deadline)
+        return self._get_slow(slot, fetch, deadline, alias)
 
     # -- changing ----------------------------------------------------------------------
 
@@ -335,7 +342,7 @@ class CredentialCache:
             )
 
     def _get_slow(
-        self, slot: _Slot, fetch: Callable[[], Credential], deadline: Deadline | None
+        self, slot: _Slot, fetch: Callable[[], Credential], deadline: Deadline | None, alias: str | None
     ) -> Credential:
         now = self._clock.monotonic()
         state = slot.state
@@ -350,7 +357,8 @@ class CredentialCache:
                 assert state.credential is not None
                 return state.credential
             raise CredentialError(
-                f"{self._name}: no credential within the deadline (another thread's fetch is still running)"
+                f"{_where(alias)}{self._name}: no credential within the deadline (another thread's fetch "
+                "is still running: the credential service may be slow or unreachable)"
             )
         try:
             now = self._clock.monotonic()
@@ -370,7 +378,7 @@ class CredentialCache:
             if phase is Phase.EMPTY and wait > 0:
                 if wait >= deadline.remaining():
                     raise CredentialError(
-                        f"{self._name}: the deadline ends before the next fetch may start "
+                        f"{_where(alias)}{self._name}: the deadline ends before the next fetch may start "
                         f"(refetches after refused logins are {wait:.2g} s apart now)"
                     )
                 self._clock.sleep(wait)
@@ -389,8 +397,12 @@ class CredentialCache:
                 if not slot.fetch_lock.acquire(blocking=False):
                     return  # a caller in the mandatory window is fetching already
                 try:
-                    if slot.state.phase(self._clock.monotonic()) is Phase.ADVISORY:
-                        self._fetch_into(slot, fetch, None, tolerate=True)
+                    state = slot.state
+                    if state.phase(self._clock.monotonic()) is Phase.ADVISORY:
+                        # No request waits for it, but it must not hold the fetch lock past the
+                        # moment the cached credential stops being usable: its SDK calls end then.
+                        until = Deadline(state.windows.usable_until, self._clock)
+                        self._fetch_into(slot, fetch, until, tolerate=True)
                 finally:
                     slot.fetch_lock.release()
             except IamdbError:
@@ -445,6 +457,10 @@ class CredentialCache:
             assert old.credential is not None
             return old.credential
         raise error
+
+
+def _where(alias: str | None) -> str:
+    return "" if alias is None else f"database {alias!r}: "
 
 
 def _again(error: IamdbError) -> IamdbError:

@@ -12,6 +12,8 @@ prints every frame's locals. No message ever contains a secret.
 
 from __future__ import annotations
 
+import contextlib
+
 from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import OperationalError
 
@@ -61,5 +63,9 @@ def secret_free(exc: BaseException) -> BaseException:
             continue
         seen.add(id(current))
         current.__traceback__ = None
+        if getattr(current, "_pgconn", None) is not None:
+            # psycopg keeps the finished connection, whose repr shows its password.
+            with contextlib.suppress(AttributeError):
+                current._pgconn = None  # type: ignore[attr-defined]
         pending.extend((current.__cause__, current.__context__))
     return exc

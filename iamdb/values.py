@@ -115,15 +115,23 @@ class Target:
 
     @classmethod
     def from_settings(
-        cls, settings_dict: Mapping[str, Any], *, alias: str = "default", vendor: str = ""
+        cls, settings_dict: Mapping[str, Any], *, alias: str = "default", vendor: str = "", source: str = ""
     ) -> Target:
+        """The target of one ``DATABASES`` entry; ``source`` (its description) is named in errors."""
+        where = f"database {alias!r}: " + (f"{source}: " if source else "")
         user = settings_dict.get("USER") or ""
-        host = str(settings_dict.get("HOST") or "")
-        ports = _ports(settings_dict.get("PORT"), alias)
+        host = settings_dict.get("HOST") or ""
+        for key, value in (("USER", user), ("HOST", host)):
+            if not isinstance(value, str):
+                what = "the database user name" if key == "USER" else "a host name (several: comma-separated)"
+                raise ConfigurationError(
+                    f"{where}{key} must be a str, not {type(value).__name__}: set {key} to {what}"
+                )
+        ports = _ports(settings_dict.get("PORT"), where)
         hosts = [h.strip() for h in host.split(",")] if "," in host else [host]
         if len(ports) > 1 and len(ports) != len(hosts):
             raise ConfigurationError(
-                f"database {alias!r}: PORT lists {len(ports)} ports for {len(hosts)} host(s) in HOST; "
+                f"{where}PORT lists {len(ports)} ports for {len(hosts)} host(s) in HOST; "
                 "give one port, or one per host"
             )
         if len(ports) <= 1:
@@ -133,20 +141,20 @@ class Target:
             vendor=vendor,
             host=host,
             port=ports[0] if len(hosts) == 1 else None,
-            user=user if isinstance(user, str) else "",
+            user=user,
             name=str(settings_dict.get("NAME") or ""),
             options=MappingProxyType(dict(settings_dict.get("OPTIONS") or {})),
             endpoints=tuple(zip(hosts, ports, strict=True)),
         )
 
 
-def _ports(value: object, alias: str) -> list[int | None]:
+def _ports(value: object, where: str) -> list[int | None]:
     """PORT as Django accepts it: empty, an int, or a str of one or more comma-separated numbers."""
     if value is None or value == "":
         return []
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigurationError(
-            f"database {alias!r}: PORT must be a port number (int or str), not {type(value).__name__}"
+            f"{where}PORT must be a port number (int or str), not {type(value).__name__}"
         )
     parts = str(value).split(",")
     ports: list[int | None] = []
@@ -157,7 +165,7 @@ def _ports(value: object, alias: str) -> list[int | None]:
             continue
         if not text.isdigit() or not 0 < int(text) < 65536:
             raise ConfigurationError(
-                f"database {alias!r}: PORT {value!r} is not a port number (1-65535, or a comma-separated "
+                f"{where}PORT {value!r} is not a port number (1-65535, or a comma-separated "
                 "list of them, one per host in HOST)"
             )
         ports.append(int(text))

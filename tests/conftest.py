@@ -23,6 +23,10 @@ if not settings.configured:
     )
     django.setup()
 
+# Session fixtures shared by every module that uses them (moto, the RDS-IAM emulator, the
+# OpenBao lab): registered once here, so that no module starts a second copy.
+pytest_plugins = ["tests.integration.conftest_aws", "tests.integration.vault_fixtures"]
+
 ENGINES = {"postgresql": "iamdb.backends.postgresql", "mysql": "iamdb.backends.mysql"}
 
 

@@ -18,7 +18,7 @@ from django.db.backends.base.client import BaseDatabaseClient
 
 from ..credentials import CredentialSource, as_source
 from ..deadline import Deadline
-from ..errors import ConfigurationError, secret_free
+from ..errors import ConfigurationError, IamdbError, secret_free
 from ..retry import OPTIONS_KEY, ConnectOptions, LoginRetry, retire_at, sessions_end
 from ..values import Credential, SecretStr, Target
 
@@ -57,7 +57,9 @@ class Binding:
         self.source: CredentialSource | None = as_source(settings_dict.get("PASSWORD"), alias=alias)
         if self.source is None:
             return
-        self.target = Target.from_settings(settings_dict, alias=alias, vendor=vendor)
+        self.target = Target.from_settings(
+            settings_dict, alias=alias, vendor=vendor, source=self.source.describe()
+        )
         self.retry = LoginRetry(self.source, self.options, clock=self.source._clock)
         clash = [key for key in (*password_keys, *user_keys) if key in options]
         if clash:
@@ -159,9 +161,9 @@ class Binding:
             try:
                 return self.retry.run(target, open_with, refused, credential, deadline)
             except Exception as exc:
-                secret_free(exc)
                 if index == len(targets) - 1 or deadline.expired():
-                    raise
+                    # Not a bare raise: before Python 3.11 it would restore the driver's frames.
+                    raise secret_free(exc)  # noqa: B904 - the exception itself, re-raised
                 logger.info(
                     "iamdb: database %r: %s:%s failed, trying the next host",
                     self.alias,
@@ -234,13 +236,17 @@ class CredentialsWrapperMixin:
     def iamdb(self) -> Binding:
         binding = self._iamdb_binding
         if binding is None or binding.settings_dict is not self.settings_dict:
-            binding = Binding(
-                self.settings_dict,
-                alias=self.alias,
-                vendor=self.vendor,
-                password_keys=self.iamdb_password_keys,
-                user_keys=self.iamdb_user_keys,
-            )
+            try:
+                binding = Binding(
+                    self.settings_dict,
+                    alias=self.alias,
+                    vendor=self.vendor,
+                    password_keys=self.iamdb_password_keys,
+                    user_keys=self.iamdb_user_keys,
+                )
+            except IamdbError as exc:
+                # Raised without the frames below, whose locals hold the settings (passwords).
+                raise secret_free(exc)  # noqa: B904 - the exception itself, re-raised
             binding.pooled = binding.source is not None and self.iamdb_uses_pool()
             self._iamdb_binding = binding
         return binding
@@ -258,10 +264,11 @@ class CredentialsWrapperMixin:
         return self.iamdb.pooled
 
     def get_connection_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
+        # The binding first: it checks the settings (PORT, HOST, ...) before Django uses them.
         binding = self._iamdb_binding
         if binding is None or binding.settings_dict is not self.settings_dict:
             binding = self.iamdb
+        params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
         if binding.source is None:
             params.pop(OPTIONS_KEY, None)
             return params

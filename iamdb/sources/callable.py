@@ -33,7 +33,9 @@ class CallableSource(CredentialSource):
         clock: Clock | None = None,
     ) -> None:
         if not callable(func):
-            raise ConfigurationError(f"CallableSource needs a callable, not {type(func).__name__}")
+            kind = type(func).__name__
+            del func  # a password given by mistake: not a local of the raising frame
+            raise ConfigurationError(f"CallableSource needs a callable, not {kind}")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl < 0:
             raise ConfigurationError(
                 f"CallableSource: ttl must be a finite number of seconds >= 0 (0: call func for every "
@@ -70,6 +72,7 @@ class CallableSource(CredentialSource):
             credential = Credential(password=value)
         else:
             kind = "an empty string" if value == "" else type(value).__name__
+            del value  # it may hold the password in another type: not a local of the raising frame
             raise ConfigurationError(
                 f"database {target.alias!r}: {self.describe()} returned {kind}; "
                 "it must return a non-empty str or an iamdb.Credential"

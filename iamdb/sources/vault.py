@@ -298,8 +298,10 @@ class VaultDatabaseCredentials(CredentialSource):
             if not isinstance(value, bool):
                 raise ConfigurationError(f"{name}: {flag} must be True or False, not {type(value).__name__}")
         if auth is not None and not isinstance(auth, VaultAuth):
+            kind = type(auth).__name__
+            del auth  # a token given as a str: not a local of the raising frame
             raise ConfigurationError(
-                f"{name}: auth must be TokenAuth, AppRoleAuth or KubernetesAuth, not {type(auth).__name__}"
+                f"{name}: auth must be TokenAuth, AppRoleAuth or KubernetesAuth, not {kind}"
             )
         if (
             isinstance(timeout, bool)
@@ -773,6 +775,8 @@ def _reason(exc: BaseException, source: VaultDatabaseCredentials) -> str:
     """Why a request failed, in a few words, without any secret."""
     if isinstance(exc, requests.exceptions.Timeout):
         return f"Vault did not answer in time (timeout={source.timeout:g} s, or the connection's deadline)"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS (SSL) with Vault failed (check url's scheme, verify= or VAULT_CACERT)"
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "cannot connect to Vault"
     if isinstance(exc, vault_errors.VaultDown):

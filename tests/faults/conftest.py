@@ -22,11 +22,7 @@ import pytest
 from django.db.utils import OperationalError
 
 from tests.conftest import make_wrapper
-from tests.integration.conftest_aws import moto_server
-from tests.integration.vault_fixtures import vault_lab
 from tests.services.faultproxy import FaultProxy
-
-__all__ = ["moto_server", "vault_lab"]  # fixtures, re-exported for the tests here
 
 #: Threads of load in every scenario.
 THREADS = 5

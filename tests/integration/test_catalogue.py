@@ -541,19 +541,6 @@ def settings_frames(what: str) -> Defect:
     )
 
 
-#: A driver's error re-raised on Python 3.10 (the bare ``raise`` there re-raises the
-#: traceback of sys.exc_info(), not the one secret_free() dropped).
-DRIVER_FRAMES_ON_310 = Defect(
-    SecretShown,
-    "iamdb/backends/_shared.py (Binding.connect), iamdb/retry.py (LoginRetry.run)",
-    "on Python 3.10 'secret_free(exc); raise' re-raises the driver's error with its original "
-    "traceback (a bare raise uses sys.exc_info()), so psycopg's connect() frame, whose conninfo "
-    "holds the password, is on Django's debug page ('raise secret_free(exc)' would drop it)",
-    engines=PG,
-    python_below=(3, 11),
-)
-
-
 def missing_sdk(case_id: str, module: str, name: str, fragment: str, extra: str, given: str) -> Case:
     """A case that imports a source without its SDK: the message names the extra to install."""
     install = f'pip install "iamdb[{extra}]"'
@@ -580,7 +567,6 @@ CASES: list[Case] = [
         ("PASSWORD", "not bytes"),
         "must be a str, a callable or an iamdb source",
         "Decode the password to a str, or give a callable or a source.",
-        defect=settings_frames("; iamdb/credentials.py as_source: value"),
         given='`PASSWORD = b"..."`',
     ),
     bad_setting(
@@ -628,11 +614,6 @@ CASES: list[Case] = [
         ("USER must be a str", "not int"),
         "set USER",
         "Give USER as a str.",
-        defect=Defect(
-            FragmentMissing,
-            "iamdb/values.py (Target.from_settings)",
-            "a non-str USER becomes '' and the message says 'USER is empty', not that USER must be a str",
-        ),
         given="`USER = 42` with a source",
     ),
     # HOST
@@ -642,13 +623,6 @@ CASES: list[Case] = [
         ("HOST", "list"),
         "str",
         "Give HOST as a str (several hosts: one str, comma-separated).",
-        defect=Defect(
-            WrongClass,
-            "iamdb/values.py (Target.from_settings)",
-            "HOST is not checked: a list reaches Django and the driver (PostgreSQL: psycopg's "
-            "OperationalError, a host name that does not resolve; MySQL: AttributeError in Django's "
-            "get_connection_params)",
-        ),
         given='`HOST = ["127.0.0.1"]` with a source',
     ),
     Case(
@@ -668,12 +642,6 @@ CASES: list[Case] = [
         ("PORT 'fivefourthreetwo' is not a port number",),
         "1-65535",
         "Give PORT as a number from 1 to 65535 (an int, or a str of digits).",
-        defect=Defect(
-            WrongClass,
-            "iamdb/backends/_shared.py (CredentialsWrapperMixin.get_connection_params)",
-            "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw ValueError",
-            engines=MY,
-        ),
         given='`PORT = "fivefourthreetwo"`',
     ),
     bad_setting(
@@ -706,12 +674,6 @@ CASES: list[Case] = [
         ("PORT must be a port number", "not list"),
         "int or str",
         "Give several ports as one comma-separated str, one per host in HOST.",
-        defect=Defect(
-            WrongClass,
-            "iamdb/backends/_shared.py (CredentialsWrapperMixin.get_connection_params)",
-            "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw TypeError",
-            engines=MY,
-        ),
         given="`PORT = [5432, 5433]`",
     ),
     bad_setting(
@@ -720,12 +682,6 @@ CASES: list[Case] = [
         ("PORT lists 3 ports for 2 host(s)",),
         "give one port, or one per host",
         "Give one port for all hosts, or one port per host in HOST.",
-        defect=Defect(
-            WrongClass,
-            "iamdb/backends/_shared.py (CredentialsWrapperMixin.get_connection_params)",
-            "Django's MySQL backend runs int(PORT) before iamdb reads the settings: a raw ValueError",
-            engines=MY,
-        ),
         given='`HOST = "h1,h2"`, `PORT = "5432,5433,5434"`',
     ),
     # OPTIONS beside a source
@@ -737,7 +693,6 @@ CASES: list[Case] = [
         ("OPTIONS must not set password",),
         "iamdb gives the driver the user and password itself",
         "Remove the password from OPTIONS: the source gives it.",
-        defect=settings_frames(""),
         given='`OPTIONS = {"password": ...}` beside a source',
     ),
     Case(
@@ -748,7 +703,6 @@ CASES: list[Case] = [
         ("OPTIONS must not set passwd",),
         "iamdb gives the driver the user and password itself",
         "Remove passwd from OPTIONS (mysqlclient's other name for the password): the source gives it.",
-        defect=settings_frames(""),
         given='`OPTIONS = {"passwd": ...}` beside a source',
     ),
     Case(
@@ -855,12 +809,6 @@ CASES: list[Case] = [
         ("returned bytes",),
         "it must return a non-empty str or an iamdb.Credential",
         "Decode the password to a str before returning it.",
-        defect=Defect(
-            SecretShown,
-            "iamdb/sources/callable.py (CallableSource.fetch)",
-            "the error is raised from the frame whose local 'value' is the bytes returned, the password: "
-            "Django's debug page shows it",
-        ),
         given="the callable returns bytes",
     ),
     Case(
@@ -902,12 +850,6 @@ CASES: list[Case] = [
         ("fetch() returned str, not an iamdb.Credential",),
         "not an iamdb.Credential",
         "Return iamdb.Credential(password=...) from a custom source's fetch().",
-        defect=Defect(
-            SecretShown,
-            "iamdb/credentials.py (CredentialSource._checked_fetch)",
-            "the error is raised from the frame whose local 'credential' is the str returned, the password: "
-            "Django's debug page shows it",
-        ),
         given="a custom source's `fetch()` returns a str",
     ),
     # Source arguments
@@ -917,12 +859,6 @@ CASES: list[Case] = [
         ("CallableSource needs a callable, not str",),
         "needs a callable",
         "Pass the function itself (CallableSource(read_password)), not its result.",
-        defect=Defect(
-            SecretShown,
-            "iamdb/sources/callable.py (CallableSource.__init__)",
-            "the error is raised from the frame whose argument 'func' is the str given, the password itself: "
-            "a debug page or a traceback with locals shows it",
-        ),
         given='`CallableSource("the password")`',
     ),
     bad_argument(
@@ -1045,12 +981,6 @@ CASES: list[Case] = [
         ("VaultDatabaseCredentials: auth must be", "not str"),
         "TokenAuth, AppRoleAuth or KubernetesAuth",
         "Wrap the token: auth=TokenAuth(token), or use AppRoleAuth or KubernetesAuth.",
-        defect=Defect(
-            SecretShown,
-            "iamdb/sources/vault.py (VaultDatabaseCredentials.__init__)",
-            "the error is raised from the frame whose argument 'auth' is the str given, a Vault token: "
-            "a debug page or a traceback with locals shows it",
-        ),
         given='`VaultDatabaseCredentials(..., auth="<a token>")`',
     ),
     bad_argument(
@@ -1292,12 +1222,6 @@ CASES: list[Case] = [
         None,
         "Check the scheme of VAULT_ADDR and the CA (VAULT_CACERT or verify=).",
         cause=requests.exceptions.SSLError,
-        defect=Defect(
-            FragmentMissing,
-            "iamdb/sources/vault.py (_reason)",
-            "requests' SSLError is a ConnectionError: the message says 'cannot connect to Vault', not that "
-            "TLS failed (the Secrets Manager source says SSLError)",
-        ),
         given="`https://` to a Vault that speaks plain HTTP",
     ),
     Case(
@@ -1333,7 +1257,6 @@ CASES: list[Case] = [
         "The driver's own error, not retried: check HOST and PORT and that the server runs.",
         cause=DRIVER_ERROR,
         names="none",
-        defect=DRIVER_FRAMES_ON_310,
         given="`PORT` is a closed port",
     ),
     Case(
@@ -1346,7 +1269,6 @@ CASES: list[Case] = [
         "The driver's own error: make the server accept TLS, or change sslmode.",
         cause=DRIVER_ERROR,
         names="none",
-        defect=DRIVER_FRAMES_ON_310,
         given='`sslmode = "require"` against a server without TLS',
     ),
     # A source on Django's stock ENGINE

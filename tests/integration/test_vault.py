@@ -33,11 +33,8 @@ from tests.integration.vault_fixtures import (
     WHO,
     VaultLab,
     run_load,
-    vault_lab,
 )
 from tests.services.faultproxy import FaultProxy
-
-__all__ = ["vault_lab"]  # the fixture, re-exported for pytest
 
 ROLE = {"postgresql": "pg", "mysql": "my"}
 # Connections are retired this long before their lease ends (leases here last seconds).

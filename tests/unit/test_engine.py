@@ -506,3 +506,37 @@ def test_a_forked_child_keeps_cached_credentials_and_new_locks(clock: FakeClock)
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_backoff_of_a_timer_refreshed_secret_is_not_cut_by_its_ttl(clock: FakeClock) -> None:
+    """A secret re-read every 2 s keeps working while its service is down: the failure
+    backoff grows as for any source (0.5, 1, 2 s ...), not capped at a tenth of a second."""
+
+    class Rotating(FakeSource):
+        def fetch(self, target: Target) -> Credential:
+            credential = super().fetch(target)
+            return credential.replace(expires_at=None, refresh_after=self.clock.time() + 2)
+
+    source = Rotating(clock)
+    source.get_password()
+    source.fail_with = ConnectionError("down")
+    attempts: list[float] = []
+    source.on_fetch = lambda: attempts.append(clock.monotonic())
+    for _ in range(400):  # 4 s of requests, one every 10 ms
+        clock.advance(0.01)
+        assert source.get_password() == "password-1"
+    gaps = [round(b - a, 2) for a, b in zip(attempts, attempts[1:])]
+    assert gaps[:2] == [0.5, 1.0]
+    assert len(attempts) <= 4
+
+
+def test_a_background_refresh_ends_when_the_credential_stops_being_usable(clock: FakeClock) -> None:
+    from iamdb import deadline as deadlines
+
+    seen: list[float] = []
+    source = FakeSource(clock)
+    source.get_password()
+    clock.advance(700)  # advisory: 900 - 700 - 2 s of margin = 198 s of use left
+    source.on_fetch = lambda: seen.append(deadlines.timeout_for(600.0, floor=0.0))
+    source.get_password()
+    assert seen == [pytest.approx(198.0)]

@@ -78,7 +78,7 @@ def pool_connection_class(base_class: type[Any], binding: Binding) -> type[Any]:
                 )
             except Exception as exc:
                 cls.iamdb_record(secret_free(exc))
-                raise
+                raise exc  # not a bare raise: before Python 3.11 that restores the driver's frames
             cls.iamdb_record(None)
             connection._iamdb_credential = credential
             connection._iamdb_sessions_end = binding.sessions_end(credential)
