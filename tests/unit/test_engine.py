@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -525,7 +526,7 @@ def test_backoff_of_a_timer_refreshed_secret_is_not_cut_by_its_ttl(clock: FakeCl
     for _ in range(400):  # 4 s of requests, one every 10 ms
         clock.advance(0.01)
         assert source.get_password() == "password-1"
-    gaps = [round(b - a, 2) for a, b in zip(attempts, attempts[1:])]
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(attempts)]
     assert gaps[:2] == [0.5, 1.0]
     assert len(attempts) <= 4
 
