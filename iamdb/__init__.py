@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .credentials import CredentialSource
+from .dburl import parse_database_url
 from .engine import RefreshPolicy
 from .errors import ConfigurationError, CredentialError, IamdbError, MissingDependencyError
 from .values import Credential, Target
@@ -19,4 +20,5 @@ __all__ = [
     "RefreshPolicy",
     "Target",
     "__version__",
+    "parse_database_url",
 ]
