@@ -163,6 +163,13 @@ def test_checks_call_command(db_user: DbUser) -> None:
         assert apps.get_app_config("iamdb").__class__.__name__ == "IamdbConfig"
         with _override(DATABASES=bad), pytest.raises(SystemCheckError, match=r"cleartext: \(iamdb\.E010\)"):
             call_command("check", stdout=StringIO(), stderr=StringIO())
+        warned = {**bad, "cleartext": {**bad["cleartext"], "OPTIONS": {"sslmode": "require"}}}
+        if db_user.vendor == "mysql":
+            warned["cleartext"]["OPTIONS"] = {"ssl_mode": "REQUIRED"}
+        err = StringIO()
+        with _override(DATABASES=warned):
+            call_command("check", stdout=StringIO(), stderr=err)  # a warning does not fail
+        assert "cleartext: (iamdb.W011)" in err.getvalue()
         good = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
         out = StringIO()
         with _override(DATABASES=good):
