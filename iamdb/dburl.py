@@ -374,6 +374,9 @@ def _parse(url: str) -> dict[str, Any]:
         if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise _Bad("the URL's port is not a number from 1 to 65535" + _ENCODE_HINT)
         port = int(port_text)
+    if "@" in split.path:
+        # "u:1234/rest@host" reads as host "u", port 1234: an unencoded "/" in a password.
+        raise _Bad("the database name holds '@'" + _ENCODE_HINT)
     userinfo = split.netloc.rpartition("@")[0]
     user, colon, password = userinfo.partition(":")
     query = parse_qsl(split.query, keep_blank_values=True)

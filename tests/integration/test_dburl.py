@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import django
 import pytest
 
 from iamdb import parse_database_url
@@ -60,6 +61,23 @@ def test_postgres_alias_scheme_connects_with_libpq_options(db_user: DbUser) -> N
             assert cursor.fetchone() == (db_user.name, "iamdb-url")
     finally:
         wrapper.close()
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="Django's pool is 5.1+")
+@pytest.mark.parametrize("vendor", ["postgresql"])
+def test_pool_url_connects_through_djangos_pool(db_user: DbUser) -> None:
+    url = f"postgresql://{db_user.name}:{db_user.password}@{location(db_user)}?pool=true"
+    settings_dict = parse_database_url(url)
+    assert settings_dict["OPTIONS"] == {"pool": True}
+    wrapper = make_wrapper(settings_dict)
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT current_user")
+            assert cursor.fetchone()[0] == db_user.name
+        assert wrapper.pool is not None
+    finally:
+        wrapper.close()
+        wrapper.close_pool()
 
 
 @pytest.fixture

@@ -259,6 +259,7 @@ def test_password_with_a_source_scheme_is_refused(source: str) -> None:
         ("postgresql://u:S3cr3t/pw@h/db", "percent-encode"),
         ("postgresql://u:S3cr3t#pw@h/db", "'#' fragment"),
         ("postgresql://u:S3cr3t?pw@h/db", "percent-encode"),
+        ("postgresql://u:1234/S3cr3t@h", "percent-encode"),
         (f"postgresql://u:{PASSWORD}@[::1/db", "cannot be parsed"),
         (f"postgresql://u:{PASSWORD}@h/db?sslmode=verify", "'sslmode' must be one of"),
         (f"mysql://u:{PASSWORD}@h/db?ssl_mode=verify_ca", "'ssl_mode' must be one of"),
