@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import django
 
-from .errors import ConfigurationError, secret_free
+from .errors import ConfigurationError, MissingDependencyError, secret_free
 
 __all__ = ["parse_database_url", "register_with_dj_database_url"]
 
@@ -405,7 +405,10 @@ def _apply_overrides(entry: dict[str, Any], overrides: Mapping[str, Any]) -> dic
 
 
 def _raise(problem: _Bad, shown: str, cause: BaseException | None = None) -> ConfigurationError:
-    error = ConfigurationError(f"{problem} in the database URL {shown}")
+    if isinstance(cause, MissingDependencyError):  # kept as such: its message names the extra
+        error: ConfigurationError = MissingDependencyError(f"{cause} (for the database URL {shown})")
+    else:
+        error = ConfigurationError(f"{problem} in the database URL {shown}")
     error.__cause__ = secret_free(cause) if cause is not None else None
     error.__suppress_context__ = True
     return error

@@ -378,3 +378,20 @@ def test_dj_database_url_refuses_what_iamdb_refuses() -> None:
     assert "app:***@h" in str(info.value)
     with pytest.raises(ConfigurationError, match="unknown parameter 'regoin'"):
         dj_database_url.parse("mysql+rds-iam://app@h/db?regoin=eu-west-1")
+
+
+def test_missing_sdk_is_missing_dependency_error_naming_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['boto3'] = sys.modules['botocore'] = None\n"
+        "import iamdb\n"
+        "try:\n"
+        "    iamdb.parse_database_url('postgresql+secretsmanager://h/db?secret=s')\n"
+        "except iamdb.MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert 'pip install "iamdb[aws]"' in done.stdout
+    assert "postgresql+secretsmanager://h/db?secret=s" in done.stdout
