@@ -4,7 +4,9 @@ and, chosen by ``IAMDB_CHECKS_SCENARIO``, a correct or a faulty ``DATABASES``.
 - ``good``: ``default`` is the project's real database (a callable source reading a
   password file, as in :mod:`tests.project.settings`), and one entry per other
   source kind configured as the docs say (never connected to: the checks are offline);
-- ``bad``: one mistake per entry, each with the id the tests expect;
+- ``bad``: one mistake per entry, each with the id the tests expect (PostgreSQL only: from
+  Django 6.1, ``manage.py check`` runs the field checks of every database, and MySQL's
+  connect);
 - ``no_mysqldb``: an iamdb MySQL engine in a process where MySQLdb cannot be imported.
 
 ``IAMDB_CHECKS_APP=0`` leaves ``"iamdb"`` out of ``INSTALLED_APPS``.
@@ -60,8 +62,8 @@ elif SCENARIO == "bad":
     DATABASES = {
         "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
         "stock": _entry("django.db.backends.postgresql", RdsIamToken(), OPTIONS=dict(TLS_PG)),  # E001
-        "options": _entry("iamdb.backends.mysql", "plain", OPTIONS={"iamdb": {"retries": 3}}),  # E002
-        "nouser": _entry("iamdb.backends.mysql", read_password, USER=""),  # E004
+        "options": _entry("iamdb.backends.postgresql", "plain", OPTIONS={"iamdb": {"retries": 3}}),  # E002
+        "nouser": _entry("iamdb.backends.postgresql", read_password, USER=""),  # E004
         "cleartext": _entry("iamdb.backends.postgresql", RdsIamToken()),  # E010
         "unverified": _entry(
             "iamdb.backends.postgresql", RdsIamToken(), OPTIONS={"sslmode": "require"}
