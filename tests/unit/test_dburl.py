@@ -395,3 +395,8 @@ def test_missing_sdk_is_missing_dependency_error_naming_the_extra() -> None:
     )
     assert 'pip install "iamdb[aws]"' in done.stdout
     assert "postgresql+secretsmanager://h/db?secret=s" in done.stdout
+
+
+def test_query_values_are_form_decoded() -> None:
+    entry = parse_database_url("postgresql+secretsmanager://h/db?secret=a%2Bb+c&application_name=x+y")
+    assert entry["PASSWORD"].secret_id == "a+b c" and entry["OPTIONS"] == {"application_name": "x y"}
