@@ -398,5 +398,5 @@ def test_missing_sdk_is_missing_dependency_error_naming_the_extra() -> None:
 
 
 def test_query_values_are_form_decoded() -> None:
-    entry = parse_database_url("postgresql+secretsmanager://h/db?secret=a%2Bb+c&application_name=x+y")
-    assert entry["PASSWORD"].secret_id == "a+b c" and entry["OPTIONS"] == {"application_name": "x y"}
+    entry = parse_database_url("postgresql+secretsmanager://h/db?secret=a%2Bb&application_name=x+y")
+    assert entry["PASSWORD"].secret_id == "a+b" and entry["OPTIONS"] == {"application_name": "x y"}
