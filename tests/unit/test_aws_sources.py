@@ -402,6 +402,15 @@ def credential_process_profile(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, m
     )
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    # The profile's region, not one that another test's services put in the environment.
+    for name in (
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
     return "iamdbproc"
 
 
