@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Hashable
 from typing import Any, ClassVar, TypeVar
 
+from . import metrics, signals  # noqa: F401 - metrics: its receivers count every source's events
 from .clock import SYSTEM_CLOCK, Clock, to_monotonic
 from .deadline import Deadline
 from .engine import CredentialCache, RefreshPolicy
@@ -142,6 +143,13 @@ class CredentialSource:
         """The cached credential for ``target``, if any, without fetching."""
         return self._cache.peek(self.cache_key(target or Target()))
 
+    def phase(self, target: Target | None = None) -> str:
+        """The cached credential's state: ``empty``, ``fresh``, ``advisory``,
+        ``mandatory`` or ``ended`` (see the engine). Asks the source nothing."""
+        if not self.uses_cache:
+            return "uncached"
+        return self._cache.phase(self.cache_key(target or Target())).value
+
     def failing(self, target: Target | None = None) -> IamdbError | None:
         """The error of the last fetch while nothing usable is cached and the next
         fetch must wait (the failure backoff); None otherwise. Asks the source nothing."""
@@ -163,6 +171,30 @@ class CredentialSource:
         return end
 
     def _checked_fetch(self, target: Target) -> Credential:
+        """One fetch, checked, timed and reported (:mod:`iamdb.signals`, the ``iamdb`` logger)."""
+        started = self._clock.monotonic()
+        try:
+            credential = self._validated_fetch(target)
+        except IamdbError as exc:
+            duration = self._clock.monotonic() - started
+            signals.refresh_failed.send(
+                type(self), source=self, alias=target.alias, duration=duration, error=exc
+            )
+            raise
+        duration = self._clock.monotonic() - started
+        logger.debug(
+            "iamdb: database %r: %s issued a credential for %s in %.3f s",
+            target.alias,
+            self.describe(),
+            credential.username or target.user or "USER",
+            duration,
+        )
+        signals.credential_fetched.send(
+            type(self), source=self, alias=target.alias, duration=duration, username=credential.username
+        )
+        return credential
+
+    def _validated_fetch(self, target: Target) -> Credential:
         try:
             credential = self.fetch(target)
         except IamdbError:

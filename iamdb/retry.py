@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from . import signals
 from .clock import Clock
 from .credentials import CredentialSource
 from .deadline import Deadline
@@ -140,6 +141,9 @@ class LoginRetry:
                     reason = f"gave up after the retry budget of {self.options.retry_budget:g} s"
                 else:
                     reason = None
+                signals.login_refused.send(
+                    type(source), source=source, alias=target.alias, attempt=attempt, retrying=reason is None
+                )
                 if reason is not None:
                     raise self._refused(target, exc, attempt, reason) from secret_free(exc)
                 logger.info(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from django.db.backends.base.client import BaseDatabaseClient
 
+from .. import signals
 from ..credentials import CredentialSource, as_source
 from ..deadline import Deadline
 from ..errors import ConfigurationError, IamdbError, secret_free
@@ -325,13 +326,24 @@ class CredentialsWrapperMixin:
             self.close_at = retire if django_close_at is None else min(django_close_at, retire)
 
     def close_if_unusable_or_obsolete(self) -> None:
+        retiring = False
         if self.connection is not None and self._iamdb_credential is not None:
             # A renewed lease ends later: ask the source again, at every request's start and end.
             self._iamdb_sessions_end = self.iamdb.sessions_end(
                 self._iamdb_credential, self._iamdb_sessions_end
             )
             self._iamdb_set_close_at()
+            retire_at = self.iamdb_retire_at
+            retiring = retire_at is not None and retire_at <= time.monotonic()
         super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+        if retiring and self.connection is None:
+            source = self.iamdb.source
+            logger.info(
+                "iamdb: database %r: connection retired before its credential's sessions end (%s)",
+                self.alias,
+                source.describe() if source else "-",
+            )
+            signals.connection_retired.send(type(source), source=source, alias=self.alias)
 
 
 class CredentialsClientMixin(BaseDatabaseClient):
