@@ -49,8 +49,13 @@ class Binding:
     ) -> None:
         self.settings_dict = settings_dict
         self.alias = alias
-        #: Whether Django's pool opens the connections (set by the backend).
+        #: Whether Django's pool opens the connections (set by the backend), and whether
+        #: get_connection_params() needs nothing but the credential (no pool, no
+        #: OPTIONS["iamdb"] and no sslpassword to remove or hide): the hot path.
         self.pooled = False
+        self.plain = True
+        self.has_options_key = False
+        self.sslpassword: SecretStr | None = None
         #: The source cache's ``fresh(key, now)`` for the first target's key, when it caches.
         self.fresh_lookup: Callable[[Hashable, float], Credential | None] | None = None
         options: Mapping[str, Any] = settings_dict.get("OPTIONS") or {}
@@ -249,6 +254,7 @@ class CredentialsWrapperMixin:
                 # Raised without the frames below, whose locals hold the settings (passwords).
                 raise secret_free(exc)  # noqa: B904 - the exception itself, re-raised
             binding.pooled = binding.source is not None and self.iamdb_uses_pool()
+            binding.plain = not (binding.pooled or binding.has_options_key or binding.sslpassword is not None)
             self._iamdb_binding = binding
         return binding
 
@@ -275,12 +281,13 @@ class CredentialsWrapperMixin:
             return params
         # What Django put under "password" is the source object from the settings.
         del params["password"]
-        if binding.has_options_key:
-            del params[OPTIONS_KEY]
-        if binding.sslpassword is not None:  # PostgreSQL's key passphrase: hidden on the debug page too
-            params["sslpassword"] = binding.sslpassword
-        if binding.pooled:
-            return params  # the pool asks for the credential for each connection it opens
+        if not binding.plain:
+            if binding.has_options_key:
+                del params[OPTIONS_KEY]
+            if binding.sslpassword is not None:  # PostgreSQL's key passphrase: hidden on the debug page
+                params["sslpassword"] = binding.sslpassword
+            if binding.pooled:
+                return params  # the pool asks for the credential for each connection it opens
         # Django calls get_new_connection() with these params next, in this thread: the
         # attempt (and its deadline) starts now, with the credential.
         self._iamdb_started = started = binding.monotonic()
