@@ -193,7 +193,9 @@ class DatabaseWrapper(CredentialsWrapperMixin, base.DatabaseWrapper):
         for attempt in range(attempts):
             self._iamdb_timed_pool = True
             try:
-                connection = base.DatabaseWrapper.get_new_connection(self, conn_params)
+                # The class after the credentials mixin in this wrapper's MRO: Django's
+                # PostgreSQL wrapper, or a subclass of it (PostGIS registers its adapters).
+                connection = super(CredentialsWrapperMixin, self).get_new_connection(conn_params)
             finally:
                 self._iamdb_timed_pool = False
             credential = getattr(connection, "_iamdb_credential", None)

@@ -1,0 +1,1 @@
+"""MySQL / MariaDB spatial backend (mysqlclient) with credentials from an iamdb source."""
