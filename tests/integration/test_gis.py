@@ -22,7 +22,7 @@ import django
 import pytest
 from django.apps.registry import Apps
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from iamdb import signals
 from tests.conftest import make_wrapper, new_password
@@ -280,7 +280,9 @@ def test_postgis_test_database_for_a_user_that_is_not_superuser(
     with registered(entry) as alias:
         creation = connections[alias].creation
         old_name = connections[alias].settings_dict["NAME"]
-        test_name = creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+        # Django 6.1 deprecates serialize= (and no longer serializes by default).
+        serialize: dict[str, Any] = {"serialize": False} if django.VERSION < (6, 1) else {}
+        test_name = creation.create_test_db(verbosity=0, autoclobber=True, **serialize)
         try:
             assert test_name == f"test_{old_name}"
             with connections[alias].cursor() as cursor:
@@ -291,6 +293,22 @@ def test_postgis_test_database_for_a_user_that_is_not_superuser(
             assert spatial_names(alias, dwithin=False)["within"] == ["edge", "inside"]
         finally:
             creation.destroy_test_db(old_name, verbosity=0)
+
+
+def test_postgis_without_the_extension_needs_a_superuser(
+    postgis_server: PostgisServer, postgis_user: tuple[str, Published, str]
+) -> None:
+    """A database made from template0 has no PostGIS, and a role that is not a
+    superuser cannot create it: what Django's migrate would do first."""
+    name, _, dbname = postgis_user
+    bare = f"{dbname}_bare"
+    postgis_server.sql(f"CREATE DATABASE {bare} OWNER {name} TEMPLATE template0")
+    try:
+        entry = postgis_entry(postgis_server, postgis_user, NAME=bare)
+        with registered(entry) as alias, pytest.raises(DatabaseError, match="permission denied to create"):
+            connections[alias].prepare_database()
+    finally:
+        postgis_server.sql(f"DROP DATABASE IF EXISTS {bare}")
 
 
 # -- MariaDB / MySQL ------------------------------------------------------------------------
