@@ -14,6 +14,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +25,8 @@ from django.apps.registry import Apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
-from iamdb import signals
+from iamdb import Credential, signals
+from iamdb.sources import CallableSource
 from tests.conftest import make_wrapper, new_password
 from tests.services.mysql import MysqlAdmin
 from tests.services.postgis import PostgisServer
@@ -343,3 +345,43 @@ def test_mysql_spatial_queries_through_rotations(
             editor.create_model(place_model())
         refused = rotate_during_queries(alias, published, dwithin=False)
     assert refused >= 3
+
+
+# -- both engines ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["postgis", "mysql"])
+def gis_entry(request: pytest.FixtureRequest) -> tuple[dict[str, Any], Published]:
+    """A DATABASES entry (bare callable PASSWORD) of a fresh user, on each engine."""
+    if request.param == "postgis":
+        server = request.getfixturevalue("postgis_server")
+        user = request.getfixturevalue("postgis_user")
+        return postgis_entry(server, user), user[1]
+    admin = request.getfixturevalue("mysql_admin")
+    name, published, dbname = request.getfixturevalue("mysql_gis_user")
+    entry = {"ENGINE": MYSQL_GIS, "HOST": admin.host, "PORT": admin.port, "NAME": dbname, "USER": name}
+    return {**entry, "PASSWORD": published.read}, published
+
+
+def test_gis_connection_is_retired_before_its_lease_ends(gis_entry: tuple[dict[str, Any], Published]) -> None:
+    """Credentials whose sessions end: the persistent connection is closed before, as
+    with the plain backends, and its successor still takes geometries."""
+    entry, published = gis_entry
+
+    def fetch() -> Credential:
+        now = time.time()
+        return Credential(password=published.read(), expires_at=now + 3.0, sessions_end_at=now + 3.0)
+
+    entry = {**entry, "PASSWORD": CallableSource(fetch), "CONN_MAX_AGE": None}
+    entry["OPTIONS"] = {"iamdb": {"retire_margin": 2.0}}
+    with registered(entry) as alias:
+        wrapper = connections[alias]
+        with wrapper.schema_editor() as editor:
+            editor.create_model(place_model())
+        first = wrapper.connection
+        assert first is not None and wrapper.close_at is not None
+        time.sleep(max(wrapper.close_at - time.monotonic(), 0) + 0.05)
+        wrapper.close_if_unusable_or_obsolete()
+        assert wrapper.connection is None  # retired, as at the end of a request
+        assert spatial_names(alias, dwithin=False)["within"] == ["edge", "inside"]
+        assert wrapper.connection is not first
