@@ -150,11 +150,6 @@ class CredentialSource:
             return "uncached"
         return self._cache.phase(self.cache_key(target or Target())).value
 
-    def failing(self, target: Target | None = None) -> IamdbError | None:
-        """The error of the last fetch while nothing usable is cached and the next
-        fetch must wait (the failure backoff); None otherwise. Asks the source nothing."""
-        return self._cache.failing(self.cache_key(target or Target()))
-
     def sessions_end(self, target: Target, credential: Credential) -> float | None:
         """When database sessions opened with ``credential`` end, on this source's
         monotonic clock, as far as the source knows now; None when they don't end,

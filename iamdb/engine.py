@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from .clock import SYSTEM_CLOCK, Clock, to_monotonic
+from .clock import SYSTEM_CLOCK, Clock
 from .deadline import Deadline, scope
 from .errors import ConfigurationError, CredentialError, IamdbError, describe
 
@@ -279,16 +279,6 @@ class CredentialCache:
         slot = self._slots.get(key)
         return slot.state.phase(self._clock.monotonic()) if slot else Phase.EMPTY
 
-    def failing(self, key: Hashable) -> IamdbError | None:
-        """The last fetch error while nothing usable is cached and the backoff runs; else None."""
-        slot = self._slots.get(key)
-        if slot is None:
-            return None
-        state, now = slot.state, self._clock.monotonic()
-        if state.backoff.error is not None and state.backoff.waiting(now) and not state.usable(now):
-            return state.backoff.error
-        return None
-
     def sessions_end(self, key: Hashable, credential: Credential) -> float | None:
         """When sessions made with ``credential`` end (monotonic), if it is the cached one."""
         slot = self._slots.get(key)
@@ -468,8 +458,3 @@ def _again(error: IamdbError) -> IamdbError:
     again = type(error)(*error.args)
     again.__cause__ = error.__cause__
     return again
-
-
-def monotonic_end(clock: Clock, wall: float | None) -> float | None:
-    """A wall-clock end converted to ``clock``'s monotonic time (None stays None)."""
-    return None if wall is None else to_monotonic(clock, wall)
