@@ -257,9 +257,18 @@ class CredentialCache:
 
     def after_fork(self) -> None:
         """In a forked child: new locks (a parent's thread may have held one at fork
-        time), no refresh under way; the cached credentials are kept."""
+        time), no refresh under way; the cached credentials are kept. The slots stay the
+        same objects (see :meth:`slot`)."""
         self._slots_lock = threading.Lock()
-        self._slots = {key: _Slot(slot.state) for key, slot in self._slots.items()}
+        for slot in self._slots.values():
+            slot.fetch_lock = threading.Lock()
+            slot.refreshing = False
+
+    def slot(self, key: Hashable) -> _Slot | None:
+        """The slot of ``key`` if one exists. A slot is never replaced or removed for the
+        life of the cache (fork included), so a caller may keep it and read ``slot.state``
+        without a lock: the backends' hot path does."""
+        return self._slots.get(key)
 
     def _slot(self, key: Hashable) -> _Slot:
         slot = self._slots.get(key)

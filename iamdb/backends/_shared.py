@@ -57,7 +57,8 @@ class Binding:
         self.has_options_key = False
         self.sslpassword: SecretStr | None = None
         #: The source cache's ``fresh(key, now)`` for the first target's key, when it caches.
-        self.fresh_lookup: Callable[[Hashable, float], Credential | None] | None = None
+        #: The cache slot of the first target's credential, once it exists (see the hot path).
+        self.slot: Any = None
         options: Mapping[str, Any] = settings_dict.get("OPTIONS") or {}
         self.options = ConnectOptions.from_options(options, alias)
         self.source: CredentialSource | None = as_source(settings_dict.get("PASSWORD"), alias=alias)
@@ -87,7 +88,6 @@ class Binding:
         self.sslpassword = SecretStr(passphrase) if isinstance(passphrase, str) else None
         # The cache key of the first target, for fresh() (a key depends on the target only).
         self.cache_key: Hashable = self.source.cache_key(self._targets[0])
-        self.fresh_lookup = self.source._cache.fresh if self.source.uses_cache else None
 
     def _make_targets(self) -> list[Target]:
         """The targets a connection attempt tries in turn: one per host of a multi-host
@@ -291,11 +291,19 @@ class CredentialsWrapperMixin:
         # Django calls get_new_connection() with these params next, in this thread: the
         # attempt (and its deadline) starts now, with the credential.
         self._iamdb_started = started = binding.monotonic()
-        lookup = binding.fresh_lookup  # the cache's lock-free fresh(), inlined: the hot path
-        credential = lookup(binding.cache_key, started) if lookup is not None else None
+        # The hot path: the cached credential of the first target, read from its cache slot
+        # without a call or a lock (CredentialCache.fresh(), inlined).
+        slot = binding.slot
+        credential = None
+        if slot is not None:
+            state = slot.state
+            if started < state.windows.advisory_at:
+                credential = state.credential
         if credential is None:
             credential = binding.credential(binding.deadline(started))
             assert credential is not None
+            if binding.source.uses_cache:
+                binding.slot = binding.source._cache.slot(binding.cache_key)
         self._iamdb_credential = credential
         params["password"] = credential.password
         if credential.username:

@@ -490,7 +490,13 @@ def test_a_forked_child_keeps_cached_credentials_and_new_locks(clock: FakeClock)
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
-            if source.cached() is not None and source.get_password() == "password-1" and source.issued == 1:
+            same_slot = source._cache.slot(None) is slot  # the backends keep slots: never replaced
+            if (
+                same_slot
+                and source.cached() is not None
+                and source.get_password() == "password-1"
+                and source.issued == 1
+            ):
                 source.invalidate()
                 code = 0 if source.get_password() == "password-2" else 3  # the lock was re-created
         finally:
