@@ -45,6 +45,7 @@ ENGINES: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 #: Source classes (by name, anywhere in the MRO) and the SDK module and extra they need.
 SOURCE_SDKS: dict[str, tuple[str, str]] = {
+    "AuroraDsqlToken": ("boto3", "aws"),
     "RdsIamToken": ("boto3", "aws"),
     "SecretsManagerSecret": ("boto3", "aws"),
     "VaultDatabaseCredentials": ("hvac", "vault"),
@@ -202,6 +203,16 @@ def _check_source(
                 hint="Set USER to the database user the credential is for.",
                 obj=alias,
                 id="iamdb.E004",
+            )
+        )
+    vendors = getattr(source, "vendors", None)  # the databases a source serves, if not every one
+    if vendors is not None and vendor not in vendors:
+        messages.append(
+            Error(
+                f"{described} serves {' and '.join(vendors)} only, and ENGINE is a {vendor} engine.",
+                hint=f"Set ENGINE to {' or '.join(repr(f'iamdb.backends.{v}') for v in vendors)}.",
+                obj=alias,
+                id="iamdb.E005",
             )
         )
     sdk = _sdk_of(source)

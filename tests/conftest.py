@@ -25,7 +25,11 @@ if not settings.configured:
 
 # Session fixtures shared by every module that uses them (moto, the RDS-IAM emulator, the
 # OpenBao lab): registered once here, so that no module starts a second copy.
-pytest_plugins = ["tests.integration.conftest_aws", "tests.integration.vault_fixtures"]
+pytest_plugins = [
+    "tests.integration.conftest_aws",
+    "tests.integration.vault_fixtures",
+    "tests.integration.conftest_dsql",
+]
 
 ENGINES = {"postgresql": "iamdb.backends.postgresql", "mysql": "iamdb.backends.mysql"}
 

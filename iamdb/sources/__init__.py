@@ -8,17 +8,25 @@ from typing import TYPE_CHECKING, Any
 from .callable import CallableSource
 
 if TYPE_CHECKING:
+    from .dsql import AuroraDsqlToken
     from .rds import RdsIamToken
     from .secretsmanager import SecretsManagerSecret
     from .vault import VaultDatabaseCredentials
 
 _LAZY = {
+    "AuroraDsqlToken": ".dsql",
     "RdsIamToken": ".rds",
     "SecretsManagerSecret": ".secretsmanager",
     "VaultDatabaseCredentials": ".vault",
 }
 
-__all__ = ["CallableSource", "RdsIamToken", "SecretsManagerSecret", "VaultDatabaseCredentials"]
+__all__ = [
+    "AuroraDsqlToken",
+    "CallableSource",
+    "RdsIamToken",
+    "SecretsManagerSecret",
+    "VaultDatabaseCredentials",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,6 +39,7 @@ class IamEmulator:
         self.access_key = "AKIAIAMDBTEST" + secrets.token_hex(4).upper()
         self.secret_key = secrets.token_urlsafe(30)
         self.hosts: list[str] = []
+        self.dsql_hosts: list[str] = []
         self.max_age = 900.0
         # A folder the database servers' users can read (the checker runs as them).
         self.root = Path(tempfile.mkdtemp(prefix="iamdb-iam-"))
@@ -70,6 +71,11 @@ class IamEmulator:
         self.hosts.append(f"{host}:{port}")
         self._write_config()
 
+    def accept_dsql_endpoint(self, name: str) -> None:
+        """Accept Aurora DSQL tokens signed for the cluster endpoint ``name`` (no port)."""
+        self.dsql_hosts.append(name)
+        self._write_config()
+
     def set_max_age(self, seconds: float) -> None:
         """Refuse tokens signed more than ``seconds`` ago (RDS: 900)."""
         self.max_age = float(seconds)
@@ -79,6 +85,7 @@ class IamEmulator:
         data = {
             "keys": {self.access_key: self.secret_key},
             "hosts": self.hosts,
+            "dsql_hosts": self.dsql_hosts,
             "region": self.region,
             "max_age": self.max_age,
         }

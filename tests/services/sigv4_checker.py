@@ -1,16 +1,20 @@
 #!/usr/bin/python3
-"""Checks an RDS IAM token the way RDS does, for pam_exec (stdlib only).
+"""Checks an RDS IAM or Aurora DSQL token the way AWS does, for pam_exec (stdlib only).
 
 Run by ``pam_exec.so expose_authtok`` as the database server's user: the token
 arrives on stdin (NUL-terminated), the user name in ``PAM_USER``. The one
 argument is a JSON file, re-read on every login so that tests can change it:
 
     {"keys": {"<access key id>": "<secret key>"}, "hosts": ["host:port", ...],
-     "region": "us-east-1", "max_age": 900}
+     "dsql_hosts": ["<id>.dsql.<region>.on.aws", ...], "region": "us-east-1", "max_age": 900}
 
-The token is ``host:port/?Action=connect&DBUser=...&X-Amz-...``: a SigV4
-presigned GET for the service ``rds-db``. Exit 0 accepts the login; anything
-else refuses it, with the reason on stderr (the server's log).
+An RDS token is ``host:port/?Action=connect&DBUser=...&X-Amz-...``: a SigV4
+presigned GET for the service ``rds-db``, valid 900 s. An Aurora DSQL token is
+``host/?Action=DbConnect&X-Amz-...`` (``DbConnectAdmin`` for the role ``admin``
+only): no port and no user inside, service ``dsql``, valid for its own
+X-Amz-Expires (at most 604800 s). Both are refused once older than ``max_age``.
+Exit 0 accepts the login; anything else refuses it, with the reason on stderr
+(the server's log).
 """
 
 from __future__ import annotations
@@ -46,40 +50,78 @@ def signature(secret: str, date: str, region: str, service: str, string_to_sign:
     return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
+#: The longest X-Amz-Expires each service honours.
+MAX_EXPIRES = {"rds-db": 900, "dsql": 604800}
+DSQL_ACTIONS = ("DbConnect", "DbConnectAdmin")
+
+
 def check(token: str, user: str, config: dict[str, Any], now: float) -> None:
     host, sep, query = token.partition("/?")
     if not sep:
         refuse("not a token")
-    if host not in config["hosts"]:
-        refuse("signed for another endpoint")
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     params = dict(pairs)
     if len(params) != len(pairs):
         refuse("repeated parameter")
-    if params.get("Action") != "connect" or params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+    if params.get("Action") in DSQL_ACTIONS:
+        check_dsql(host, params, user, config)
+        service = "dsql"
+    else:
+        check_rds(host, params, user, config)
+        service = "rds-db"
+    check_signature(host, pairs, params, service, config, now)
+
+
+def check_rds(host: str, params: dict[str, str], user: str, config: dict[str, Any]) -> None:
+    if host not in config["hosts"]:
+        refuse("signed for another endpoint")
+    if params.get("Action") != "connect":
         refuse("not an rds-db connect token")
     if params.get("DBUser") != user:
         refuse("signed for another user")
+
+
+def check_dsql(host: str, params: dict[str, str], user: str, config: dict[str, Any]) -> None:
+    if ":" in host or "DBUser" in params:
+        refuse("a DSQL token names no port and no user")
+    if host.lower() not in [name.lower() for name in config.get("dsql_hosts", [])]:
+        refuse("signed for another cluster endpoint")
+    if (params["Action"] == "DbConnectAdmin") != (user == "admin"):
+        refuse("DbConnectAdmin is for the role admin only, DbConnect for every other role")
+
+
+def check_signature(
+    host: str,
+    pairs: list[tuple[str, str]],
+    params: dict[str, str],
+    service: str,
+    config: dict[str, Any],
+    now: float,
+) -> None:
+    if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+        refuse("not a SigV4 token")
     if params.get("X-Amz-SignedHeaders") != "host":
         refuse("unexpected signed headers")
     try:
-        key_id, date, region, service, terminal = params["X-Amz-Credential"].split("/")
+        key_id, date, region, scope_service, terminal = params["X-Amz-Credential"].split("/")
         signed_at = datetime.datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
         expires = int(params["X-Amz-Expires"])
         given = params["X-Amz-Signature"]
     except (KeyError, ValueError):
         refuse("malformed token")
-    if service != "rds-db" or terminal != "aws4_request" or region != config["region"]:
+    if scope_service != service or terminal != "aws4_request" or region != config["region"]:
         refuse("wrong credential scope")
     if date != params["X-Amz-Date"][:8]:
         refuse("scope date differs from X-Amz-Date")
+    if expires <= 0 or (service == "dsql" and expires > MAX_EXPIRES[service]):
+        refuse("X-Amz-Expires out of range")
     secret = config["keys"].get(key_id)
     if secret is None:
         refuse("unknown access key")
     signed = signed_at.replace(tzinfo=datetime.timezone.utc).timestamp()
     if signed > now + 5:
         refuse("signed in the future")
-    if now > signed + min(expires, 900, config.get("max_age", 900)):
+    if now > signed + min(expires, MAX_EXPIRES[service], config.get("max_age", 900)):
         refuse("expired")
     canonical_query = "&".join(
         f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"

@@ -1,9 +1,10 @@
-"""A throwaway certificate authority and a server certificate for 127.0.0.1/localhost."""
+"""A throwaway certificate authority and a server certificate for 127.0.0.1/localhost (and more names)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -29,7 +30,9 @@ class TestCA:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, folder: Path, *, common_name: str = "iamdb test CA") -> None:
+    def __init__(
+        self, folder: Path, *, common_name: str = "iamdb test CA", names: Sequence[str] = ()
+    ) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
         start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -69,7 +72,11 @@ class TestCA:
             .not_valid_after(end)
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        *(x509.DNSName(name) for name in names),  # more host names the server answers to
+                    ]
                 ),
                 critical=False,
             )
