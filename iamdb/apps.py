@@ -1,4 +1,5 @@
-"""The Django app: ``"iamdb"`` in ``INSTALLED_APPS`` enables iamdb's system checks.
+"""The Django app: ``"iamdb"`` in ``INSTALLED_APPS`` enables iamdb's system checks, and
+its OpenTelemetry metrics when opentelemetry-api is installed (:mod:`iamdb.otel`).
 
 The backends work without it; the app adds what ``manage.py`` offers.
 """
@@ -14,3 +15,6 @@ class IamdbConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - importing registers the checks
+        from .otel import _enable_if_installed
+
+        _enable_if_installed()

@@ -12,7 +12,8 @@ Each is sent with ``sender`` the source's class and these keyword arguments:
 - :data:`connection_retired`: ``source``, ``alias``: a persistent connection was
   closed before its credential's sessions end (a Vault lease).
 
-The ``iamdb`` logger records the same events. :mod:`iamdb.metrics` counts them.
+The ``iamdb`` logger records the same events. :mod:`iamdb.metrics` counts them;
+:mod:`iamdb.otel` records them as OpenTelemetry metrics.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def test_every_classifier_is_known_to_pypi() -> None:
 
 def test_extras_cover_every_sdk_iamdb_asks_for() -> None:
     extras = pyproject()["optional-dependencies"]
-    runtime = {"mysql", "postgresql", "aws", "vault"}
+    runtime = {"mysql", "postgresql", "aws", "vault", "gcp", "azure", "otel"}
     assert runtime <= extras.keys()
     (everything,) = [Requirement(r) for r in extras["all"]]
     assert everything.name == "iamdb" and everything.extras == runtime
@@ -88,7 +88,16 @@ def test_extras_cover_every_sdk_iamdb_asks_for() -> None:
     assert named, "no iamdb[...] install hint was found in iamdb/"
     assert named <= extras.keys(), named - extras.keys()
     drivers = {Requirement(r).name.lower() for extra in runtime for r in extras[extra]}
-    assert {"mysqlclient", "psycopg", "psycopg-pool", "boto3", "hvac"} <= drivers
+    assert {
+        "mysqlclient",
+        "psycopg",
+        "psycopg-pool",
+        "boto3",
+        "hvac",
+        "google-auth",
+        "azure-identity",
+        "opentelemetry-api",
+    } <= drivers
 
 
 def test_the_version_is_pep440_and_read_by_setuptools() -> None:
