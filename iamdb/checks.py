@@ -21,6 +21,7 @@ from django.core.checks import Warning as CheckWarning
 from .credentials import CredentialSource, as_source
 from .errors import ConfigurationError
 from .retry import OPTIONS_KEY, ConnectOptions
+from .tls import transport
 
 __all__ = ["TAG", "check_database", "check_databases", "transport"]
 
@@ -46,6 +47,8 @@ ENGINES: dict[str, tuple[str, tuple[str, ...], str]] = {
 #: Source classes (by name, anywhere in the MRO) and the SDK module and extra they need.
 SOURCE_SDKS: dict[str, tuple[str, str]] = {
     "AuroraDsqlToken": ("boto3", "aws"),
+    "AzureEntraToken": ("azure.identity", "azure"),
+    "CloudSqlIamToken": ("google.auth", "gcp"),
     "RdsIamToken": ("boto3", "aws"),
     "SecretsManagerSecret": ("boto3", "aws"),
     "VaultDatabaseCredentials": ("hvac", "vault"),
@@ -54,39 +57,15 @@ SOURCE_SDKS: dict[str, tuple[str, str]] = {
 #: The oldest psycopg-pool that Django's pool works with when a source gives the credentials.
 MIN_PSYCOPG_POOL = (3, 3)
 
-# TLS modes, as libpq and mysqlclient spell them.
-_PG_MANDATORY_TLS = frozenset({"require", "verify-ca", "verify-full"})
-_PG_VERIFIED = frozenset({"verify-ca", "verify-full"})
-_MYSQL_MANDATORY_TLS = frozenset({"REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"})
-_MYSQL_UNVERIFIED = frozenset({"DISABLED", "PREFERRED", "REQUIRED"})
 
-_PG_TLS_HINT = "Set OPTIONS['sslmode'] to 'verify-full' and OPTIONS['sslrootcert'] to the RDS CA bundle."
-_MYSQL_TLS_HINT = (
-    "Set OPTIONS['ssl'] = {'ca': <path of the RDS CA bundle>} and OPTIONS['ssl_mode'] = 'VERIFY_IDENTITY'."
+_PG_TLS_HINT = (
+    "Set OPTIONS['sslmode'] to 'verify-full' and OPTIONS['sslrootcert'] to the server's CA bundle "
+    "(RDS: the RDS CA bundle)."
 )
-
-
-def transport(vendor: str, options: Mapping[str, Any]) -> tuple[bool, bool]:
-    """Whether ``OPTIONS`` make TLS mandatory, and whether it verifies the server's
-    certificate: ``(mandatory, verified)``. A pure function (no logging, no raising);
-    ``(True, True)`` for a vendor it does not know.
-
-    The same rules as :func:`iamdb.sources.rds.check_transport`: PostgreSQL's
-    ``sslmode`` (libpq's default is ``prefer``); for MySQL an ``ssl`` dict or a
-    mandatory ``ssl_mode`` makes TLS mandatory, and a CA (``ca``/``capath``)
-    verifies unless ``ssl_mode`` is ``REQUIRED``.
-    """
-    if vendor == "postgresql":
-        mode = str(options.get("sslmode") or "prefer").lower()
-        return mode in _PG_MANDATORY_TLS, mode in _PG_VERIFIED
-    if vendor == "mysql":
-        mode = str(options.get("ssl_mode") or "").upper()
-        ssl = options.get("ssl")
-        has_ssl = isinstance(ssl, Mapping) and bool(ssl)
-        has_ca = isinstance(ssl, Mapping) and bool(ssl.get("ca") or ssl.get("capath"))
-        mandatory = (mode in _MYSQL_MANDATORY_TLS or has_ssl) and mode not in {"DISABLED", "PREFERRED"}
-        return mandatory, mandatory and has_ca and mode not in _MYSQL_UNVERIFIED
-    return True, True
+_MYSQL_TLS_HINT = (
+    "Set OPTIONS['ssl'] = {'ca': <path of the server's CA bundle>} and "
+    "OPTIONS['ssl_mode'] = 'VERIFY_IDENTITY'."
+)
 
 
 def _installed(module: str) -> bool:

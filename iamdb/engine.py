@@ -340,6 +340,19 @@ class CredentialCache:
                 fetched_at=state.fetched_at,
             )
 
+    def discard(self, key: Hashable, credential: Credential | None) -> None:
+        """Forget what is cached for ``key`` because the source knows it changed (a file
+        source saw its file change): the next caller fetches at once. Not a refusal: no
+        refetch spacing, and any failure backoff is dropped too. Only while ``credential``
+        is the cached one (the same object; None: only while nothing is cached), so that
+        threads that saw the same change discard one credential, not each other's fetches."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return
+        with self._slots_lock:
+            if slot.state.credential is credential:
+                slot.state = _State()
+
     def _get_slow(
         self, slot: _Slot, fetch: Callable[[], Credential], deadline: Deadline | None, alias: str | None
     ) -> Credential:

@@ -9,13 +9,17 @@ from .callable import CallableSource
 
 if TYPE_CHECKING:
     from .dsql import AuroraDsqlToken
+    from .file import FileSecret
     from .rds import RdsIamToken
     from .secretsmanager import SecretsManagerSecret
+    from .smagent import SecretsManagerAgentSecret
     from .vault import VaultDatabaseCredentials
 
 _LAZY = {
     "AuroraDsqlToken": ".dsql",
+    "FileSecret": ".file",
     "RdsIamToken": ".rds",
+    "SecretsManagerAgentSecret": ".smagent",
     "SecretsManagerSecret": ".secretsmanager",
     "VaultDatabaseCredentials": ".vault",
 }
@@ -23,7 +27,9 @@ _LAZY = {
 __all__ = [
     "AuroraDsqlToken",
     "CallableSource",
+    "FileSecret",
     "RdsIamToken",
+    "SecretsManagerAgentSecret",
     "SecretsManagerSecret",
     "VaultDatabaseCredentials",
 ]

@@ -26,7 +26,6 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-import math
 import os
 import re
 import threading
@@ -36,6 +35,7 @@ from typing import Any, ClassVar
 from ..credentials import CredentialSource
 from ..deadline import timeout_for
 from ..errors import ConfigurationError, MissingDependencyError
+from ._args import shown
 
 try:
     import boto3
@@ -248,7 +248,7 @@ class AwsSource(CredentialSource):
         if session is not None and not isinstance(session, boto3.session.Session):
             raise ConfigurationError(
                 f"{type(self).__name__}: session must be None or a boto3.session.Session, "
-                f"not {_shown(session)}"
+                f"not {shown(session)}"
             )
         self._session_recipe = None if session is None else SessionRecipe.of(session)
         self._session = session
@@ -275,55 +275,6 @@ class AwsSource(CredentialSource):
 
 
 # -- argument checks ------------------------------------------------------------------------
-
-_REGION_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-def _shown(value: object) -> str:
-    """A bad argument as a message shows it: a short repr of a plain value, else its type."""
-    if value is None or isinstance(value, (str, int, float)):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return type(value).__name__
-
-
-def bad_argument(owner: str, name: str, allowed: str, value: object) -> ConfigurationError:
-    return ConfigurationError(f"{owner}: {name} must be {allowed}, not {_shown(value)}")
-
-
-def check_region(owner: str, value: object) -> str | None:
-    if value is None or (isinstance(value, str) and _REGION_NAME.fullmatch(value)):
-        return value
-    raise bad_argument(owner, "region", "None or an AWS region name such as 'eu-west-1'", value)
-
-
-def check_word(owner: str, name: str, value: object, *, optional: bool = False) -> str | None:
-    """A non-empty str without whitespace (a host, a secret id, a key); None if optional."""
-    if (value is None and optional) or (
-        isinstance(value, str) and value and not any(ch.isspace() for ch in value)
-    ):
-        return value
-    allowed = "a non-empty str without spaces"
-    raise bad_argument(owner, name, f"None or {allowed}" if optional else allowed, value)
-
-
-def check_port(owner: str, name: str, value: object) -> int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536):
-        return value
-    raise bad_argument(owner, name, "None or a port number (an int from 1 to 65535)", value)
-
-
-def check_bool(owner: str, name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise bad_argument(owner, name, "True or False", value)
-
-
-def check_seconds(owner: str, name: str, value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-        return float(value)
-    raise bad_argument(owner, name, "a finite number of seconds > 0", value)
-
 
 # -- errors -------------------------------------------------------------------------------
 

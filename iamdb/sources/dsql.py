@@ -10,7 +10,7 @@ from ..clock import Clock
 from ..engine import RefreshPolicy
 from ..errors import ConfigurationError
 from ..values import Target
-from . import _aws
+from . import _args
 from .rds import SignedToken, Signing
 
 #: The longest token DSQL accepts (one week), in seconds.
@@ -65,10 +65,10 @@ class AuroraDsqlToken(SignedToken):
         clock: Clock | None = None,
     ) -> None:
         name = type(self).__name__
-        self.region = _aws.check_region(name, region)
+        self.region = _args.check_region(name, region)
         self.expires_in = _check_expires_in(name, expires_in)
-        self.signing_host = _aws.check_word(name, "signing_host", signing_host, optional=True)
-        self.allow_insecure_transport = _aws.check_bool(
+        self.signing_host = _args.check_word(name, "signing_host", signing_host, optional=True)
+        self.allow_insecure_transport = _args.check_bool(
             name, "allow_insecure_transport", allow_insecure_transport
         )
         self._set_session(session)
@@ -128,6 +128,6 @@ def _check_expires_in(owner: str, value: object) -> int:
         and 0 < value <= MAX_EXPIRES_IN
     ):
         return int(value)
-    raise _aws.bad_argument(
+    raise _args.bad_argument(
         owner, "expires_in", f"a whole number of seconds from 1 to {MAX_EXPIRES_IN}", value
     )

@@ -7,14 +7,15 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from typing import Any, ClassVar
 
 from ..clock import Clock
 from ..engine import RefreshPolicy
 from ..errors import ConfigurationError, CredentialError, secret_free
+from ..tls import check_transport
 from ..values import Credential, Target
-from . import _aws
+from . import _args, _aws
 
 logger = logging.getLogger("iamdb")
 
@@ -35,10 +36,6 @@ _ENDPOINT = re.compile(
     re.IGNORECASE,
 )
 
-_PG_MANDATORY_TLS = {"require", "verify-ca", "verify-full"}
-_PG_VERIFIED = {"verify-ca", "verify-full"}
-_MYSQL_MANDATORY_TLS = {"REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"}
-_MYSQL_VERIFIED = {"VERIFY_CA", "VERIFY_IDENTITY"}
 
 #: How many targets a source remembers the signing details of (a few per database).
 _MAX_TARGETS = 64
@@ -208,10 +205,10 @@ class RdsIamToken(SignedToken):
         clock: Clock | None = None,
     ) -> None:
         name = type(self).__name__
-        self.region = _aws.check_region(name, region)
-        self.signing_host = _aws.check_word(name, "signing_host", signing_host, optional=True)
-        self.signing_port = _aws.check_port(name, "signing_port", signing_port)
-        self.allow_insecure_transport = _aws.check_bool(
+        self.region = _args.check_region(name, region)
+        self.signing_host = _args.check_word(name, "signing_host", signing_host, optional=True)
+        self.signing_port = _args.check_port(name, "signing_port", signing_port)
+        self.allow_insecure_transport = _args.check_bool(
             name, "allow_insecure_transport", allow_insecure_transport
         )
         self._set_session(session)
@@ -252,35 +249,6 @@ class RdsIamToken(SignedToken):
             DBHostname=signing.host, Port=signing.port, DBUsername=target.user, Region=signing.region
         )
         return str(token), TOKEN_LIFETIME
-
-
-def check_transport(target: Target, where: str, *, allow_insecure: bool) -> None:
-    """Refuse settings that could send a token without TLS; warn when TLS does not verify."""
-    options: Mapping[str, Any] = target.options
-    if target.vendor == "postgresql":
-        mode = str(options.get("sslmode") or "prefer").lower()
-        mandatory, verified = mode in _PG_MANDATORY_TLS, mode in _PG_VERIFIED
-        how = "set OPTIONS['sslmode'] to 'verify-full' (with 'sslrootcert')"
-    elif target.vendor == "mysql":
-        mode = str(options.get("ssl_mode") or "").upper()
-        ssl = options.get("ssl")
-        has_ssl = isinstance(ssl, Mapping) and bool(ssl)
-        has_ca = isinstance(ssl, Mapping) and bool(ssl.get("ca") or ssl.get("capath"))
-        mandatory = (mode in _MYSQL_MANDATORY_TLS or has_ssl) and mode not in {"DISABLED", "PREFERRED"}
-        verified = has_ca and mode not in {"REQUIRED"}
-        how = "set OPTIONS['ssl'] = {'ca': <RDS CA bundle>} and OPTIONS['ssl_mode'] = 'VERIFY_IDENTITY'"
-    else:
-        return
-    if not mandatory:
-        if allow_insecure:
-            logger.warning("iamdb: %s sends a token without mandatory TLS (allow_insecure_transport)", where)
-            return
-        raise ConfigurationError(
-            f"{where}: an IAM token is a password sent in cleartext, and these settings do not make TLS "
-            f"mandatory: {how} (allow_insecure_transport=True is for local tests only)"
-        )
-    if not verified:
-        logger.warning("iamdb: %s: TLS does not verify the server's certificate: %s", where, how)
 
 
 def _mariadb_client() -> bool:

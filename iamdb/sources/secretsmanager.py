@@ -4,7 +4,6 @@ and after a refused login, so that rotation does not fail requests."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from typing import Any, ClassVar
@@ -14,7 +13,8 @@ from ..deadline import timeout_for
 from ..engine import RefreshPolicy
 from ..errors import ConfigurationError, CredentialError, secret_free
 from ..values import Credential, Target
-from . import _aws
+from . import _args, _aws
+from ._secret import parse_secret
 
 logger = logging.getLogger("iamdb")
 
@@ -80,15 +80,15 @@ class SecretsManagerSecret(_aws.AwsSource):
         clock: Clock | None = None,
     ) -> None:
         name = type(self).__name__
-        self.secret_id: str = _aws.check_word(name, "secret_id", secret_id) or ""
-        self.region = _aws.check_region(name, region)
+        self.secret_id: str = _args.check_word(name, "secret_id", secret_id) or ""
+        self.region = _args.check_region(name, region)
         in_arn = region_from_arn(self.secret_id)
         if self.region and in_arn and self.region != in_arn:
-            raise _aws.bad_argument(name, "region", f"None or the ARN's region {in_arn!r}", region)
-        self.version_stage: str = _aws.check_word(name, "version_stage", version_stage) or ""
-        self.username_key: str = _aws.check_word(name, "username_key", username_key) or ""
-        self.password_key: str = _aws.check_word(name, "password_key", password_key) or ""
-        self.ttl = _aws.check_seconds(name, "ttl", ttl)
+            raise _args.bad_argument(name, "region", f"None or the ARN's region {in_arn!r}", region)
+        self.version_stage: str = _args.check_word(name, "version_stage", version_stage) or ""
+        self.username_key: str = _args.check_word(name, "username_key", username_key) or ""
+        self.password_key: str = _args.check_word(name, "password_key", password_key) or ""
+        self.ttl = _args.check_seconds(name, "ttl", ttl)
         self._set_session(session)
         super().__init__(refresh=refresh, clock=clock)
 
@@ -174,30 +174,13 @@ class SecretsManagerSecret(_aws.AwsSource):
             return ConfigurationError(
                 f"{where}: the secret has no SecretString (binary secrets are not supported)"
             )
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        username: str | None = None
-        if isinstance(data, dict):
-            password = data.get(self.password_key)
-            if not isinstance(password, str) or not password:
-                keys = ", ".join(sorted(str(k) for k in data)) or "none"
-                return ConfigurationError(
-                    f"{where}: the JSON secret has no non-empty string {self.password_key!r} key "
-                    f"(its keys: {keys}); set password_key="
-                )
-            value = data.get(self.username_key)
-            username = value if isinstance(value, str) and value else None
-        else:
-            password = text
-        if not password:
-            return ConfigurationError(f"{where}: the secret is empty")
-        if username is None and not target.user:
-            return ConfigurationError(
-                f"{where}: USER is empty and the secret has no {self.username_key!r} key"
-            )
-        return Credential(password=password, username=username)
+        return parse_secret(
+            text,
+            where=where,
+            username_key=self.username_key,
+            password_key=self.password_key,
+            user_given=bool(target.user),
+        )
 
     # -- refused logins -----------------------------------------------------------------
 

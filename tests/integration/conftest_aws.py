@@ -3,6 +3,7 @@ with TLS and PAM). Test modules import the fixtures they use from here."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -34,6 +35,33 @@ def moto_server() -> Iterator[MotoServer]:
             else:
                 os.environ[key] = value
         server.stop()
+
+
+@pytest.fixture
+def admin(moto_server: MotoServer) -> Any:
+    """A boto3 Secrets Manager client on moto's server, with rights to create and rotate."""
+    return moto_server.admin_client()
+
+
+@pytest.fixture
+def secret_name(admin: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A secret name of this test's own; the secret is deleted afterwards."""
+    name = f"iamdb/test/{request.node.name}-{secrets.token_hex(4)}"
+    yield name
+    admin.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+
+
+def rds_secret(user: Any, password: str | None = None) -> str:
+    """The JSON that RDS-managed rotation keeps in a secret, for a tests.conftest.DbUser."""
+    return json.dumps(
+        {
+            "engine": user.vendor,
+            "host": "127.0.0.1",
+            "port": user.server.port,
+            "username": user.name,
+            "password": password or user.password,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1021,7 +1021,7 @@ CASES: list[Case] = [
         BOTH,
         connect_with(lambda lab: rds(lab, region="us-east-1")),
         ConfigurationError,
-        ("an IAM token is a password sent in cleartext", "do not make TLS mandatory"),
+        ("a token is a password sent in cleartext", "do not make TLS mandatory"),
         "allow_insecure_transport=True is for local tests only",
         "Make TLS mandatory: PostgreSQL sslmode 'verify-full'; MySQL ssl with the RDS CA bundle and "
         "ssl_mode 'VERIFY_IDENTITY'.",

@@ -6,7 +6,6 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -19,6 +18,7 @@ from iamdb import CredentialError, Target
 from iamdb.sources import SecretsManagerSecret, _aws
 from tests.conftest import DbUser, make_wrapper, new_password
 from tests.fakeclock import FakeClock, run_now
+from tests.integration.conftest_aws import rds_secret
 from tests.leakscan import LeakScan
 from tests.load import run_load
 from tests.services.moto import MotoServer
@@ -36,31 +36,6 @@ def whoami(wrapper: Any) -> str:
     with wrapper.cursor() as cursor:
         cursor.execute(CURRENT_USER[wrapper.vendor])
         return str(cursor.fetchone()[0])
-
-
-@pytest.fixture
-def admin(moto_server: MotoServer) -> Any:
-    return moto_server.admin_client()
-
-
-@pytest.fixture
-def secret_name(admin: Any, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"iamdb/test/{request.node.name}-{new_password()[-8:]}"
-    yield name
-    admin.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
-
-
-def rds_secret(user: DbUser, password: str | None = None) -> str:
-    """The JSON that RDS-managed rotation keeps in a secret."""
-    return json.dumps(
-        {
-            "engine": user.vendor,
-            "host": "127.0.0.1",
-            "port": user.server.port,
-            "username": user.name,
-            "password": password or user.password,
-        }
-    )
 
 
 @pytest.fixture
