@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.integration.conftest_aws",
     "tests.integration.vault_fixtures",
     "tests.integration.conftest_dsql",
+    "tests.integration.conftest_tokens",
 ]
 
 ENGINES = {"postgresql": "iamdb.backends.postgresql", "mysql": "iamdb.backends.mysql"}

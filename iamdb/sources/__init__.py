@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from .callable import CallableSource
 
 if TYPE_CHECKING:
+    from .azure import AzureEntraToken
+    from .cloudsql import CloudSqlIamToken
     from .dsql import AuroraDsqlToken
     from .file import FileSecret
     from .rds import RdsIamToken
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "AuroraDsqlToken": ".dsql",
+    "AzureEntraToken": ".azure",
+    "CloudSqlIamToken": ".cloudsql",
     "FileSecret": ".file",
     "RdsIamToken": ".rds",
     "SecretsManagerAgentSecret": ".smagent",
@@ -26,7 +30,9 @@ _LAZY = {
 
 __all__ = [
     "AuroraDsqlToken",
+    "AzureEntraToken",
     "CallableSource",
+    "CloudSqlIamToken",
     "FileSecret",
     "RdsIamToken",
     "SecretsManagerAgentSecret",

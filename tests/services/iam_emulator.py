@@ -13,86 +13,56 @@ Needs root (writing /etc/pam.d, running the servers as their own users).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.services.pam import PamChecker
 from tests.services.tls import TestCA
 
 CHECKER = Path(__file__).with_name("sigv4_checker.py")
-PAM_DIR = Path("/etc/pam.d")
 
 
-class IamEmulator:
+class IamEmulator(PamChecker):
     """The PAM service, the checker and its settings (keys, accepted endpoints, max age)."""
 
+    label = "RDS-IAM emulator"
+
     def __init__(self, *, region: str = "us-east-1") -> None:
+        super().__init__(CHECKER, "iamdb-test")
         self.region = region
-        self.service = f"iamdb-test-{secrets.token_hex(6)}"
         self.access_key = "AKIAIAMDBTEST" + secrets.token_hex(4).upper()
         self.secret_key = secrets.token_urlsafe(30)
         self.hosts: list[str] = []
         self.dsql_hosts: list[str] = []
         self.max_age = 900.0
-        # A folder the database servers' users can read (the checker runs as them).
-        self.root = Path(tempfile.mkdtemp(prefix="iamdb-iam-"))
-        self.root.chmod(0o755)
-        self.checker = self.root / "sigv4_checker.py"
-        self.config = self.root / "config.json"
-        self.pam_file = PAM_DIR / self.service
-
-    def install(self) -> IamEmulator:
-        if os.geteuid() != 0:
-            raise PermissionError("the RDS-IAM emulator needs root (it writes a PAM service)")
-        shutil.copyfile(CHECKER, self.checker)
-        self.checker.chmod(0o755)
-        self._write_config()
-        python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-        self.pam_file.write_text(
-            "# iamdb tests: RDS IAM token checker (removed when the tests end)\n"
-            f"auth required pam_exec.so expose_authtok quiet {python} {self.checker} {self.config}\n"
-            "account required pam_permit.so\n"
-        )
-        return self
-
-    def remove(self) -> None:
-        self.pam_file.unlink(missing_ok=True)
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def accept_endpoint(self, host: str, port: int) -> None:
         """Accept tokens signed for ``host:port`` (what RDS knows as its endpoint)."""
         self.hosts.append(f"{host}:{port}")
-        self._write_config()
+        self.write_config()
 
     def accept_dsql_endpoint(self, name: str) -> None:
         """Accept Aurora DSQL tokens signed for the cluster endpoint ``name`` (no port)."""
         self.dsql_hosts.append(name)
-        self._write_config()
+        self.write_config()
 
     def set_max_age(self, seconds: float) -> None:
         """Refuse tokens signed more than ``seconds`` ago (RDS: 900)."""
         self.max_age = float(seconds)
-        self._write_config()
+        self.write_config()
 
-    def _write_config(self) -> None:
-        data = {
+    def config(self) -> dict[str, Any]:
+        return {
             "keys": {self.access_key: self.secret_key},
             "hosts": self.hosts,
             "dsql_hosts": self.dsql_hosts,
             "region": self.region,
             "max_age": self.max_age,
         }
-        tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.chmod(0o644)
-        tmp.replace(self.config)  # atomic: a login never reads half a file
 
     def session(self, **extra: Any) -> Any:
         """A boto3 Session holding the key pair the emulator trusts."""

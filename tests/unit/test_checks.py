@@ -195,12 +195,14 @@ def test_checks_allow_insecure_transport_is_a_warning() -> None:
     assert run(local=entry("postgresql", source, OPTIONS=dict(PG_TLS))) == []
 
 
-def test_checks_transport_agrees_with_rds_check_transport() -> None:
+def test_every_token_source_refuses_what_the_check_flags() -> None:
+    # One set of TLS rules (iamdb.tls) for the checks and every token source's check_target.
     from iamdb import ConfigurationError, Target
-    from iamdb.sources.rds import check_transport
+    from iamdb.sources import AuroraDsqlToken, AzureEntraToken, CloudSqlIamToken, RdsIamToken
 
     cases: list[tuple[str, dict[str, Any]]] = [
-        ("postgresql", {"sslmode": mode}) for mode in ("disable", "allow", "prefer", "require", "verify-ca")
+        ("postgresql", {"sslmode": mode})
+        for mode in ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
     ] + [
         ("mysql", options)
         for options in (
@@ -211,14 +213,33 @@ def test_checks_transport_agrees_with_rds_check_transport() -> None:
             {"ssl": {"key": "/k.pem"}},
         )
     ]
-    for vendor, options in cases:
-        mandatory, _verified = checks.transport(vendor, options)
-        target = Target(vendor=vendor, options=options)
-        if mandatory:
-            check_transport(target, "db", allow_insecure=False)
-        else:
-            with pytest.raises(ConfigurationError):
-                check_transport(target, "db", allow_insecure=False)
+    import google.oauth2.credentials
+
+    class GivenAzureCredential:
+        def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+            raise AssertionError("check_target asks for no token")
+
+    sources = [
+        RdsIamToken(region="eu-west-1"),
+        AuroraDsqlToken(region="eu-west-1"),
+        CloudSqlIamToken(credentials=google.oauth2.credentials.Credentials(token=None)),
+        AzureEntraToken(credential=GivenAzureCredential()),
+    ]
+    refused = 0
+    for source in sources:
+        assert source.token_per_fetch
+        for vendor, options in cases:
+            if vendor not in getattr(source, "vendors", (vendor,)):
+                continue
+            mandatory, _verified = checks.transport(vendor, options)
+            target = Target(alias="db", vendor=vendor, host="db.example.com", user="app", options=options)
+            if mandatory:
+                source.check_target(target)
+            else:
+                with pytest.raises(ConfigurationError, match="do not make TLS mandatory"):
+                    source.check_target(target)
+                refused += 1
+    assert refused == 3 * 4 + 2 * 3  # 3 unsafe PostgreSQL modes on 4 sources, 2 MySQL cases on 3
 
 
 @pytest.mark.parametrize(
