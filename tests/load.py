@@ -54,3 +54,9 @@ def run_load(
             thread.join(seconds + 30)
         stop.set()
     return ok, errors
+
+
+def first_line(exc: BaseException) -> str:
+    """A failure in one short line (for reports): its class and its message's first line."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:160]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,20 +92,7 @@ def iam_postgres(iam_emulator: IamEmulator, test_ca: TestCA) -> Iterator[Private
     server = PrivatePostgres(
         hba_lines=[f"hostssl all +rds_iam 127.0.0.1/32 pam pamservice={iam_emulator.service}"],
     )
-    # In the server's own folder: PostgreSQL wants its key owned by its user, mode 0600.
-    tls_dir = server.root / "tls"
-    tls_dir.mkdir()
-    for src, dst in ((test_ca.cert, "server.pem"), (test_ca.key, "server.key")):
-        (tls_dir / dst).write_bytes(Path(src).read_bytes())
-        (tls_dir / dst).chmod(0o600)
-    shutil.chown(tls_dir, "postgres")
-    for name in ("server.pem", "server.key"):
-        shutil.chown(tls_dir / name, "postgres")
-    server.settings.update(
-        ssl="on",
-        ssl_cert_file=f"'{tls_dir / 'server.pem'}'",
-        ssl_key_file=f"'{tls_dir / 'server.key'}'",
-    )
+    server.use_tls(test_ca)
     server.start()
     iam_emulator.accept_endpoint("127.0.0.1", server.port)
     try:

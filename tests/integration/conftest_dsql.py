@@ -13,9 +13,7 @@ it creates; its one database is ``postgres``.
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,18 +71,7 @@ def dsql_postgres(iam_emulator: IamEmulator, dsql_ca: TestCA) -> Iterator[Privat
     server = PrivatePostgres(
         hba_lines=[f"hostssl all +dsql_iam 127.0.0.1/32 pam pamservice={iam_emulator.service}"],
     )
-    tls_dir = server.root / "tls"
-    tls_dir.mkdir()
-    for src, dst in ((dsql_ca.cert, "server.pem"), (dsql_ca.key, "server.key")):
-        (tls_dir / dst).write_bytes(Path(src).read_bytes())
-        (tls_dir / dst).chmod(0o600)
-    for path in (tls_dir, tls_dir / "server.pem", tls_dir / "server.key"):
-        shutil.chown(path, "postgres")
-    server.settings.update(
-        ssl="on",
-        ssl_cert_file=f"'{tls_dir / 'server.pem'}'",
-        ssl_key_file=f"'{tls_dir / 'server.key'}'",
-    )
+    server.use_tls(dsql_ca)
     server.start()
     iam_emulator.accept_dsql_endpoint(CLUSTER)
     try:

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def pg_bindir() -> Path:
@@ -60,6 +61,24 @@ class PrivatePostgres:
         self.bindir = pg_bindir()
         # The server's own psql, not PATH's (tests put recording wrappers there).
         self.psql = str(self.bindir / "psql")
+
+    def use_tls(self, ca: Any) -> PrivatePostgres:
+        """Serve TLS with ``ca``'s server certificate (a tests.services.tls.TestCA); before start().
+        The key goes in the server's own folder: PostgreSQL wants it owned by its user, mode 0600."""
+        tls_dir = self.root / "tls"
+        tls_dir.mkdir()
+        for src, dst in ((ca.cert, "server.pem"), (ca.key, "server.key")):
+            (tls_dir / dst).write_bytes(Path(src).read_bytes())
+            (tls_dir / dst).chmod(0o600)
+        if os.geteuid() == 0:
+            for path in (tls_dir, tls_dir / "server.pem", tls_dir / "server.key"):
+                shutil.chown(path, "postgres")
+        self.settings.update(
+            ssl="on",
+            ssl_cert_file=f"'{tls_dir / 'server.pem'}'",
+            ssl_key_file=f"'{tls_dir / 'server.key'}'",
+        )
+        return self
 
     # -- lifecycle ---------------------------------------------------------------------
 
