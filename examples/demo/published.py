@@ -33,9 +33,9 @@ def calls() -> int:
         return _calls
 
 
-def publish(password: str) -> None:
+def publish(password: str, path: Path | None = None) -> None:
     """Replace the published password atomically (readers see the old or the new one)."""
-    path = secret_path()
+    path = path or secret_path()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
     with os.fdopen(fd, "w") as fh:
         fh.write(password)

@@ -1,4 +1,5 @@
-"""One view: which database user are we? It runs a query on a new connection."""
+"""One view: which database user are we? It runs a query (on a new connection, unless
+the alias keeps its connections: see ``CONN_MAX_AGE`` in the settings)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 CURRENT_USER = {
     "mysql": "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)",
-    "postgresql": "SELECT current_user",
+    "postgresql": "SELECT session_user",  # the login, whatever role it assumed
 }
 
 
