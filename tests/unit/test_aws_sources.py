@@ -204,6 +204,7 @@ def test_one_client_per_service_region_and_session() -> None:
     assert _aws.client("rds", "us-east-1", session()) is not _aws.client("rds", "us-east-1", own)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_makes_its_own_client() -> None:
     own = session()
     parent_client = _aws.client("rds", "us-east-1", own)

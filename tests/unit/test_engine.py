@@ -469,6 +469,7 @@ def test_stepped_wall_clock_does_not_extend_failure_backoff(clock: FakeClock) ->
     assert source.get_password() == "password-1"
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_keeps_cached_credentials_and_new_locks(clock: FakeClock) -> None:
     import os
 
