@@ -97,7 +97,6 @@ if not settings.configured:
 from tests import load  # noqa: E402
 from tests.services.iam_emulator import IamEmulator  # noqa: E402
 from tests.services.mariadb import PrivateMariadb  # noqa: E402
-from tests.services.postgres import PrivatePostgres  # noqa: E402
 from tests.services.tls import TestCA  # noqa: E402
 
 THREADS = 64
@@ -163,12 +162,8 @@ def start_servers(stack: ExitStack) -> tuple[IamEmulator, list[Engine]]:
     stack.callback(emulator.remove)
 
     # PostgreSQL as the fixture iam_postgres makes it: TLS, PAM for members of rds_iam.
-    pg = PrivatePostgres(hba_lines=[f"hostssl all +rds_iam 127.0.0.1/32 pam pamservice={emulator.service}"])
-    pg.use_tls(ca)
-    pg.start()
+    pg = emulator.postgres(ca)
     stack.callback(pg.stop)
-    emulator.accept_endpoint("127.0.0.1", pg.port)
-    pg.sql("CREATE ROLE rds_iam NOLOGIN")
     pg_iam = f"iam_{secrets.token_hex(4)}"
     pg.sql(f"CREATE ROLE {pg_iam} LOGIN IN ROLE rds_iam")
     pg_pw_user, pg_pw = f"pw_{secrets.token_hex(4)}", secrets.token_urlsafe(18)

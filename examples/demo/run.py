@@ -144,17 +144,9 @@ class Services:
     @functools.cached_property
     def iam_postgres(self) -> Any:
         """PostgreSQL with TLS, checking the tokens of rds_iam's members with the emulator (PAM)."""
-        from tests.services.postgres import PrivatePostgres
-
         self.status("starting PostgreSQL with TLS and the RDS-IAM emulator")
-        server = PrivatePostgres(
-            hba_lines=[f"hostssl all +rds_iam 127.0.0.1/32 pam pamservice={self.emulator.service}"]
-        )
+        server = self.emulator.postgres(self.ca)
         self.stack.callback(server.stop)
-        server.use_tls(self.ca)
-        server.start()
-        server.sql("CREATE ROLE rds_iam NOLOGIN")
-        self.emulator.accept_endpoint("127.0.0.1", server.port)
         return server
 
     @functools.cached_property

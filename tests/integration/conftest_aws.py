@@ -89,14 +89,8 @@ def iam_emulator() -> Iterator[IamEmulator]:
 @pytest.fixture(scope="session")
 def iam_postgres(iam_emulator: IamEmulator, test_ca: TestCA) -> Iterator[PrivatePostgres]:
     """PostgreSQL with ssl=on, and PAM (the emulator) for members of rds_iam, as on RDS."""
-    server = PrivatePostgres(
-        hba_lines=[f"hostssl all +rds_iam 127.0.0.1/32 pam pamservice={iam_emulator.service}"],
-    )
-    server.use_tls(test_ca)
-    server.start()
-    iam_emulator.accept_endpoint("127.0.0.1", server.port)
+    server = iam_emulator.postgres(test_ca)
     try:
-        server.sql("CREATE ROLE rds_iam NOLOGIN")
         yield server
     finally:
         server.stop()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.services.pam import PamChecker
+from tests.services.postgres import PrivatePostgres
 from tests.services.tls import TestCA
 
 CHECKER = Path(__file__).with_name("sigv4_checker.py")
@@ -63,6 +64,21 @@ class IamEmulator(PamChecker):
             "region": self.region,
             "max_age": self.max_age,
         }
+
+    def postgres(self, ca: TestCA) -> PrivatePostgres:
+        """A private PostgreSQL as RDS is: TLS with ``ca``'s certificate, and this emulator (PAM)
+        checking the logins of rds_iam's members. Started; the caller stops it."""
+        server = PrivatePostgres(
+            hba_lines=[f"hostssl all +rds_iam 127.0.0.1/32 pam pamservice={self.service}"],
+        )
+        server.use_tls(ca).start()
+        try:
+            server.sql("CREATE ROLE rds_iam NOLOGIN")
+        except BaseException:
+            server.stop()
+            raise
+        self.accept_endpoint("127.0.0.1", server.port)
+        return server
 
     def session(self, **extra: Any) -> Any:
         """A boto3 Session holding the key pair the emulator trusts."""
