@@ -4,15 +4,32 @@ turning the secret's text into a credential, and checking their arguments. No SD
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import ConfigurationError
 from ..values import Credential
 
-__all__ = ["FORMATS", "parse_secret"]
+__all__ = ["FORMATS", "parse_secret", "parse_secret_value"]
 
 #: How a secret's text is read: ``auto`` (a JSON object, else the password itself),
 #: ``text`` (the password itself), ``json`` (a JSON object, nothing else).
 FORMATS = ("auto", "text", "json")
+
+
+def parse_secret_value(
+    response: Mapping[str, Any], *, where: str, username_key: str, password_key: str, user_given: bool
+) -> Credential | ConfigurationError:
+    """The credential in a GetSecretValue response (from Secrets Manager or its agent), or
+    the error to return, as :func:`parse_secret` does."""
+    text = response.get("SecretString")
+    if not isinstance(text, str):
+        return ConfigurationError(
+            f"{where}: the secret has no SecretString (binary secrets are not supported)"
+        )
+    return parse_secret(
+        text, where=where, username_key=username_key, password_key=password_key, user_given=user_given
+    )
 
 
 def parse_secret(

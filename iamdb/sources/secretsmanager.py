@@ -14,7 +14,7 @@ from ..engine import RefreshPolicy
 from ..errors import ConfigurationError, CredentialError, secret_free
 from ..values import Credential, Target
 from . import _args, _aws
-from ._secret import parse_secret
+from ._secret import parse_secret_value
 
 logger = logging.getLogger("iamdb")
 
@@ -169,13 +169,8 @@ class SecretsManagerSecret(_aws.AwsSource):
         """The credential in a GetSecretValue response, or the error to raise (returned,
         not raised, so that this frame's locals, which hold the secret, go with it)."""
         where = f"database {target.alias!r}: {self.describe()} (stage {stage})"
-        text = response.get("SecretString")
-        if not isinstance(text, str):
-            return ConfigurationError(
-                f"{where}: the secret has no SecretString (binary secrets are not supported)"
-            )
-        return parse_secret(
-            text,
+        return parse_secret_value(
+            response,
             where=where,
             username_key=self.username_key,
             password_key=self.password_key,

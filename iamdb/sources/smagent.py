@@ -25,7 +25,7 @@ from ..engine import RefreshPolicy
 from ..errors import ConfigurationError, CredentialError, IamdbError, secret_free
 from ..values import Credential, Target
 from ._args import bad_argument, check_seconds, check_word
-from ._secret import parse_secret
+from ._secret import parse_secret_value
 
 __all__ = ["SecretsManagerAgentSecret"]
 
@@ -216,13 +216,8 @@ class SecretsManagerAgentSecret(CredentialSource):
             return CredentialError(
                 f"{where}: the answer is not the agent's JSON (GetSecretValue's response); check endpoint"
             )
-        text = response.get("SecretString")
-        if not isinstance(text, str):
-            return ConfigurationError(
-                f"{where}: the secret has no SecretString (binary secrets are not supported)"
-            )
-        return parse_secret(
-            text,
+        return parse_secret_value(
+            response,
             where=where,
             username_key=self.username_key,
             password_key=self.password_key,
